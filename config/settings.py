@@ -1,0 +1,177 @@
+"""One settings model for the whole system.
+
+Every process (workers, trainer, API, CLI, tests) reads the same `Settings`. Values come, highest
+priority first, from: keyword arguments, environment variables `LEARN_*` (nested with `__`, e.g.
+`LEARN_BROKER__PORT=19092`), a TOML file named by `LEARN_CONFIG` (see `deploy/learn.example.toml`),
+then the defaults below, which run everything embedded on one machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class BrokerSettings(BaseModel):
+    """The Kafka-protocol broker. The embedded default is Tansu on loopback."""
+
+    host: str = "127.0.0.1"
+    port: int = 19092
+    # Tansu's first group join waits half the session timeout: keep it short (works on Apache Kafka too).
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1500
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class TopicSettings(BaseModel):
+    """Topic names and partition counts. Topics are always created explicitly (never auto-created)."""
+
+    items: str = "items"
+    interactions: str = "interactions"
+    items_dlq: str = "items.dlq"
+    interactions_dlq: str = "interactions.dlq"
+    partitions: int = 4
+    dlq_partitions: int = 1
+
+
+class EncoderSettings(BaseModel):
+    """The frozen LLM that turns item text into content embeddings (LEARN's CEG)."""
+
+    # "smollm2" and "minilm" name the packaged models; anything else is a Hugging Face path or id.
+    model: str = "smollm2"
+    batch_size: int = 32
+    max_tokens: int = 128
+    template: str = "Title: {title} Brand: {brand} Category: {categories} Description: {description}"
+    device: str = "auto"  # auto | cpu | cuda
+    # Micro-batching of the streaming worker: flush at `batch_size` records or after this many ms.
+    flush_ms: int = 200
+
+
+class StateSettings(BaseModel):
+    """Per-user sequences in the state store (rocksdict)."""
+
+    max_seq_len: int = 50
+    allowed_lateness_s: float = 3600.0
+
+
+class VectorSettings(BaseModel):
+    """The vector store: a milvus-lite file by default, a Milvus server when `uri` is http(s)://."""
+
+    uri: str = ""  # empty: <data_dir>/vectors.db
+    token: str = ""
+
+
+class ModelSettings(BaseModel):
+    """The twin towers (trainer/towers.py) and their training."""
+
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    d_out: int = 64
+    dropout: float = 0.2
+    item_tower: Literal["a", "b", "c"] = "a"
+    use_id_embedding: bool = False
+    loss: Literal["dense_all_action", "in_batch", "full_softmax"] = "dense_all_action"
+    temperature: float = 0.07
+    whiten: bool = True
+    max_seq_len: int = 50
+    target_window: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    max_epochs: int = 40
+    patience: int = 5
+    seed: int = 2024
+
+
+class TrainerSettings(BaseModel):
+    """The incremental trainer: windows, replay, publishing."""
+
+    window_s: float = 60.0
+    window_events: int = 0  # > 0: windows of N events instead of event time
+    replay_ratio: float = 1.0
+    steps_per_window: int = 50
+    promote_margin: float = 0.02
+    keep_versions: int = 5
+
+
+class ServingSettings(BaseModel):
+    """The HTTP query API."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str = ""  # bearer token; required when host is not loopback
+
+
+class Settings(BaseSettings):
+    """The whole system's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LEARN_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    data_dir: Path = Field(default=REPO_ROOT / ".learn", description="state, vectors, models, caches")
+    shared_data_dir: Path = Field(default=REPO_ROOT.parent / "shared" / "data")
+    broker: BrokerSettings = BrokerSettings()
+    topics: TopicSettings = TopicSettings()
+    encoder: EncoderSettings = EncoderSettings()
+    state: StateSettings = StateSettings()
+    vectors: VectorSettings = VectorSettings()
+    model: ModelSettings = ModelSettings()
+    trainer: TrainerSettings = TrainerSettings()
+    serving: ServingSettings = ServingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get("LEARN_CONFIG")
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+    # Derived paths: one place decides where each durable thing lives.
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / "state"
+
+    @property
+    def cache_path(self) -> Path:
+        return self.data_dir / "embedding-cache"
+
+    @property
+    def models_path(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.data_dir / "registry"
+
+    @property
+    def vector_uri(self) -> str:
+        return self.vectors.uri or str(self.data_dir / "vectors.db")
+
+
+def load_settings(**overrides) -> Settings:
+    """Read the settings from kwargs, the environment and the optional TOML file."""
+    return Settings(**overrides)

@@ -1,0 +1,1 @@
+"""Processes and wiring: the embedded stack, the `learn` CLI, configs and manifests."""

@@ -1,0 +1,1 @@
+"""Content-embedding generation (LEARN CEG): frozen LLM, prompt, pooling, batched encoding, worker."""

@@ -1,0 +1,1 @@
+"""The query path: top-K logic and the HTTP API."""

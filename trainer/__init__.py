@@ -1,0 +1,1 @@
+"""LEARN twin towers, losses, data, evaluation, offline and incremental training."""

@@ -1,0 +1,74 @@
+"""The evaluation protocol, stated once, and its metrics as small pure functions.
+
+Protocol (LEARN / UniSRec full ranking, used for every model in this project, peers included):
+- leave-one-out: each user's last item is the test target, the one before it the validation target;
+- the target is ranked against ALL items of the catalogue (no sampled negatives);
+- items in the user's history are removed from the ranking, except the target itself (50 of the 8,442
+  Scientific test targets re-occur in their own history; removing them would make them unrankable);
+- ties count against the target (rank = items scored strictly higher + other items scored equal), so a
+  model that scores everything alike ranks last, never first;
+- metrics: NDCG@10, Recall@10 (= HR@10 with one target), NDCG@50, Recall@50 and MRR (untruncated).
+
+`history_excluded=False` gives RecBole's own convention (only the padding id is masked), so a peer
+can be reported both ways from one score matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+KS = (10, 50)
+METRIC_NAMES = tuple(f"{m}@{k}" for k in KS for m in ("ndcg", "recall")) + ("mrr",)
+
+
+def mask_history(
+    scores: torch.Tensor, histories: Sequence[Sequence[int]], targets: torch.Tensor
+) -> torch.Tensor:
+    """Set the score of every history item to -inf, keeping each row's target. (B, N) -> (B, N)."""
+    scores = scores.clone()
+    rows = [r for r, h in enumerate(histories) for _ in h]
+    cols = [i for h in histories for i in h]
+    if rows:
+        kept = scores[torch.arange(len(targets)), targets].clone()
+        scores[rows, cols] = float("-inf")
+        scores[torch.arange(len(targets)), targets] = kept
+    return scores
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each row's target among all columns, ties counted against it. (B, N) -> (B,)."""
+    target_scores = scores.gather(1, targets.view(-1, 1))  # (B, 1)
+    higher = (scores > target_scores).sum(1)
+    ties = (scores == target_scores).sum(1) - 1  # the target equals itself
+    return higher + ties
+
+
+def metrics_from_ranks(ranks: torch.Tensor, ks: Iterable[int] = KS) -> dict[str, float]:
+    """Mean NDCG@k, Recall@k and MRR over 0-based ranks."""
+    ranks = ranks.double()
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = ranks < k
+        out[f"ndcg@{k}"] = float((hit / torch.log2(ranks + 2)).mean())
+        out[f"recall@{k}"] = float(hit.double().mean())
+    out["mrr"] = float((1.0 / (ranks + 1)).mean())
+    return out
+
+
+def ranks_for_batch(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    histories: Sequence[Sequence[int]],
+    history_excluded: bool = True,
+    padding_id: int | None = None,
+) -> torch.Tensor:
+    """Apply the protocol to one batch of full score rows and return the targets' ranks."""
+    scores = scores.float()
+    if padding_id is not None:
+        scores = scores.clone()
+        scores[:, padding_id] = float("-inf")
+    if history_excluded:
+        scores = mask_history(scores, histories, targets)
+    return target_ranks(scores, targets)
