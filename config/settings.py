@@ -48,6 +48,18 @@ class TopicSettings(BaseModel):
     dlq_partitions: int = 1
 
 
+class WorkerSettings(BaseModel):
+    """Faust worker processes. Each process gets its own web port (metrics, counts) on loopback."""
+
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    # Events handed to the state update at once (one atomic write batch) and the longest wait.
+    take_max: int = 1000
+    take_within_s: float = 0.05
+    # fsync each state write batch (survives power loss, not just a process kill); slower.
+    sync_writes: bool = False
+
+
 class EncoderSettings(BaseModel):
     """The frozen LLM that turns item text into content embeddings (LEARN's CEG)."""
 
@@ -128,6 +140,7 @@ class Settings(BaseSettings):
     shared_data_dir: Path = Field(default=REPO_ROOT.parent / "shared" / "data")
     broker: BrokerSettings = BrokerSettings()
     topics: TopicSettings = TopicSettings()
+    worker: WorkerSettings = WorkerSettings()
     encoder: EncoderSettings = EncoderSettings()
     state: StateSettings = StateSettings()
     vectors: VectorSettings = VectorSettings()

@@ -1,0 +1,139 @@
+"""The embedded stack on one machine: the broker, its topics and the worker processes.
+
+Every process gets the same settings (passed as `LEARN_*` environment variables) and its own log file
+under the run directory. `Stack` is a context manager: leaving it, normally or on Ctrl-C, stops every
+process it started, workers first, the broker last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from config import Settings
+from deploy.broker import BrokerError, port_open, start_broker, stop_process
+from streams.topics import ensure_topics, topic_specs
+
+# name -> faust app module (each is its own consumer group and process)
+WORKERS = {
+    "interactions": "streams.interaction_worker",
+}
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as LEARN_* environment variables (one JSON value per section)."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        env[f"LEARN_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    run_dir: Path
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def log_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.log"
+
+    # ---- processes ----
+    def start_broker(self) -> None:
+        b = self.settings.broker
+        self.procs["broker"] = start_broker(b.host, b.port, self.log_path("broker"))
+        self._write_pid("broker")
+
+    def create_topics(self) -> list[str]:
+        return ensure_topics(self.settings.broker.bootstrap, topic_specs(self.settings))
+
+    def start_worker(self, name: str, web_port: int, module: str | None = None) -> None:
+        """Start a faust worker process and wait until its web server answers."""
+        module = module or WORKERS[name]
+        s = self.settings.model_copy(
+            update={"worker": self.settings.worker.model_copy(update={"web_port": web_port})}
+        )
+        env = {**os.environ, **settings_env(s), "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "faust", "-A", module, "worker", "-l", "info",
+               "--web-port", str(web_port), "--web-host", s.worker.web_host]  # fmt: skip
+        self.start_process(name, cmd, env)
+        self.wait_http(name, f"http://{s.worker.web_host}:{web_port}/counts")
+
+    def start_process(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        log = open(self.log_path(name), "ab")
+        self.procs[name] = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        self._write_pid(name)
+
+    def wait_http(self, name: str, url: str, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_path(name)}")
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} did not answer {url} within {timeout_s}s; see {self.log_path(name)}")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send a signal to one process (tests use SIGKILL to prove crash safety)."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, sig)
+        proc.wait()
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None:
+            stop_process(proc)
+        (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+
+    def stop_all(self) -> None:
+        for name in [n for n in self.procs if n != "broker"] + ["broker"]:
+            self.stop(name)
+
+    def _write_pid(self, name: str) -> None:
+        (self.run_dir / f"{name}.pid").write_text(str(self.procs[name].pid))
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
+
+
+def stop_pidfiles(run_dir: Path) -> list[str]:
+    """Stop processes left by `learn up` (their pid files), workers first, broker last."""
+    stopped = []
+    pidfiles = sorted(run_dir.glob("*.pid"), key=lambda p: p.stem == "broker")
+    for pidfile in pidfiles:
+        pid = int(pidfile.read_text())
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(100):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        pidfile.unlink(missing_ok=True)
+        stopped.append(pidfile.stem)
+    return stopped
+
+
+__all__ = ["Stack", "WORKERS", "settings_env", "stop_pidfiles", "BrokerError", "port_open"]

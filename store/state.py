@@ -1,0 +1,243 @@
+"""The state store: each user's recent item sequence, in rocksdict, one database per topic partition.
+
+Why one database per partition: a partition is the unit that moves between worker processes, so its
+state moves with it (the new owner opens the directory; the old one closed it on revocation, or the OS
+released its lock when it was killed). The partition's next offset is written in the same atomic write
+batch as the state changes it caused, so after any crash the worker skips what is already applied:
+every event changes the state exactly once, whatever offset the consumer group resumes from.
+
+Readers (the trainer, the query path) open the partition databases as RocksDB *secondary* instances,
+which follow the writer without blocking it (`StateReader.catch_up`).
+
+Keys (raw bytes): `u/<user>` -> JSON list of [event_time, item_id, action, event_id] (oldest first);
+`o/next` -> next offset to apply; `w/<window start>/<user>` -> b"" (users changed per event-time
+window, for the incremental trainer); `c/<counter>` -> count (applied, duplicate, late_dropped).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+
+USER = b"u/"
+OFFSET = b"o/next"
+WINDOW = b"w/"
+COUNTER = b"c/"
+
+APPLIED, DUPLICATE, LATE_DROPPED = "applied", "duplicate", "late_dropped"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One interaction as kept in a user's sequence."""
+
+    event_time: float
+    item_id: str
+    action: str
+    event_id: str
+
+
+# ---- the sequence rule: small and pure ------------------------------------------------------------
+
+
+def apply_event(seq: list[list], e: Entry, max_len: int, lateness_s: float) -> str:
+    """Insert `e` into `seq` (sorted by (time, event id), oldest first) in place; return the outcome.
+
+    Rule: an event id already in the sequence is a duplicate and changes nothing; an event older than
+    the user's newest event by more than `lateness_s` is dropped (counted); any other event is inserted
+    at its place in time, and the sequence keeps its newest `max_len` entries.
+    """
+    if any(x[3] == e.event_id for x in seq):
+        return DUPLICATE
+    if seq and e.event_time < seq[-1][0] - lateness_s:
+        return LATE_DROPPED
+    bisect.insort(seq, [e.event_time, e.item_id, e.action, e.event_id], key=lambda x: (x[0], x[3]))
+    del seq[:-max_len]
+    return APPLIED
+
+
+def window_start(event_time: float, window_s: float) -> int:
+    return int(event_time // window_s * window_s)
+
+
+# ---- one partition's database -------------------------------------------------------------------
+
+
+def _options() -> Options:
+    opt = Options(raw_mode=True)
+    opt.create_if_missing(True)
+    return opt
+
+
+def open_with_retry(path: Path, timeout_s: float = 30.0) -> Rdict:
+    """Open a database read-write, waiting while a previous owner still holds its lock."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return Rdict(str(path), _options())
+        except Exception as e:  # rocksdict raises a plain Exception for "lock hold by current process"
+            if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+class PartitionState:
+    """The writer of one partition's state (one process at a time)."""
+
+    def __init__(self, path: Path, sync: bool = False):
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = open_with_retry(path)
+        wo = WriteOptions()
+        wo.sync = sync
+        self.db.set_write_options(wo)
+        raw = self.db.get(OFFSET)
+        self.next_offset = int(raw) if raw is not None else 0
+
+    def apply(
+        self,
+        events: Iterable[tuple[int, Entry | None, str | None]],
+        max_len: int,
+        lateness_s: float,
+        window_s: float,
+    ) -> Counter:
+        """Apply (offset, entry, user_id) events in one atomic write; skip offsets already applied.
+
+        An event with `entry=None` (a record that went to the dead-letter topic) only moves the offset.
+        """
+        seqs: dict[str, list[list]] = {}
+        counts: Counter = Counter()
+        wb = WriteBatch(raw_mode=True)
+        last = None
+        for offset, entry, user in events:
+            if offset < self.next_offset:
+                counts["skipped_already_applied"] += 1
+                continue
+            last = offset
+            if entry is None or user is None:
+                continue
+            if user not in seqs:
+                raw = self.db.get(USER + user.encode())
+                seqs[user] = json.loads(raw) if raw is not None else []
+            outcome = apply_event(seqs[user], entry, max_len, lateness_s)
+            counts[outcome] += 1
+            if outcome == APPLIED:
+                w = window_start(entry.event_time, window_s)
+                wb.put(b"%s%012d/%s" % (WINDOW, w, user.encode()), b"")
+        if last is None:
+            return counts
+        for user, seq in seqs.items():
+            wb.put(USER + user.encode(), json.dumps(seq, separators=(",", ":")).encode())
+        for name in (APPLIED, DUPLICATE, LATE_DROPPED):
+            if counts[name]:
+                key = COUNTER + name.encode()
+                old = self.db.get(key)
+                wb.put(key, str((int(old) if old else 0) + counts[name]).encode())
+        wb.put(OFFSET, str(last + 1).encode())
+        self.db.write(wb)
+        self.next_offset = last + 1
+        return counts
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class StateStore:
+    """The writer side: the partition databases this process owns, under `<root>/<topic>-p<N>`."""
+
+    def __init__(self, root: Path, topic: str, sync: bool = False):
+        self.root, self.topic, self.sync = root, topic, sync
+        self.partitions: dict[int, PartitionState] = {}
+
+    def partition(self, p: int) -> PartitionState:
+        if p not in self.partitions:
+            self.partitions[p] = PartitionState(self.root / f"{self.topic}-p{p}", self.sync)
+        return self.partitions[p]
+
+    def release(self, p: int) -> None:
+        state = self.partitions.pop(p, None)
+        if state is not None:
+            state.close()
+
+    def close(self) -> None:
+        for p in list(self.partitions):
+            self.release(p)
+
+
+# ---- readers ----------------------------------------------------------------------------------
+
+
+class StateReader:
+    """Reads every partition's state while the workers write it (RocksDB secondary instances)."""
+
+    def __init__(self, root: Path, topic: str):
+        self.root, self.topic = root, topic
+        self._tmp = Path(tempfile.mkdtemp(prefix="learn-state-reader-"))
+        self.dbs: dict[Path, Rdict] = {}
+        self.catch_up()
+
+    def _discover(self) -> None:
+        for path in sorted(self.root.glob(f"{self.topic}-p*")):
+            if path not in self.dbs and (path / "CURRENT").exists():
+                secondary = self._tmp / path.name
+                self.dbs[path] = Rdict(
+                    str(path), _options(), access_type=AccessType.secondary(str(secondary))
+                )
+
+    def catch_up(self) -> None:
+        """See everything the writers have committed so far."""
+        self._discover()
+        for db in self.dbs.values():
+            db.try_catch_up_with_primary()
+
+    def sequence(self, user_id: str) -> list[Entry] | None:
+        key = USER + user_id.encode()
+        for db in self.dbs.values():
+            raw = db.get(key)
+            if raw is not None:
+                return [Entry(*x) for x in json.loads(raw)]
+        return None
+
+    def users(self) -> Iterator[tuple[str, list[Entry]]]:
+        for db in self.dbs.values():
+            for k, v in db.items(from_key=USER):
+                if not k.startswith(USER):
+                    break
+                yield k[len(USER):].decode(), [Entry(*x) for x in json.loads(v)]
+
+    def changed_users(self, start: int, end: int) -> set[str]:
+        """Users with an applied event whose event-time window starts in [start, end)."""
+        out: set[str] = set()
+        lo = b"%s%012d/" % (WINDOW, start)
+        for db in self.dbs.values():
+            for k in db.keys(from_key=lo):
+                if not k.startswith(WINDOW) or int(k[2:14]) >= end:
+                    break
+                out.add(k[15:].decode())
+        return out
+
+    def counters(self) -> Counter:
+        c: Counter = Counter()
+        for db in self.dbs.values():
+            for name in (APPLIED, DUPLICATE, LATE_DROPPED):
+                raw = db.get(COUNTER + name.encode())
+                c[name] += int(raw) if raw else 0
+        return c
+
+    def next_offsets(self) -> dict[str, int]:
+        return {p.name: int(db.get(OFFSET) or 0) for p, db in self.dbs.items()}
+
+    def close(self) -> None:
+        for db in self.dbs.values():
+            db.close()
+        self.dbs.clear()
+        shutil.rmtree(self._tmp, ignore_errors=True)
