@@ -1,0 +1,95 @@
+"""The `learn` command line: one entry point for running, inspecting and benchmarking the system.
+
+Settings come from `LEARN_*` environment variables and the TOML file named by `LEARN_CONFIG`
+(config/settings.py); options here override them for one command.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from config import Settings, load_settings
+
+app = typer.Typer(help="learn-stream: LEARN as a streaming recommender.", no_args_is_help=True)
+console = Console()
+
+
+def _settings(data_dir: Optional[Path] = None, port: Optional[int] = None) -> Settings:
+    s = load_settings()
+    if data_dir is not None:
+        s = s.model_copy(update={"data_dir": data_dir.resolve()})
+    if port is not None:
+        s = s.model_copy(update={"broker": s.broker.model_copy(update={"port": port})})
+    return s
+
+
+DataDir = typer.Option(None, help="Where state, vectors and models live (default: settings.data_dir).")
+Port = typer.Option(None, help="Broker port on 127.0.0.1 (default: settings.broker.port).")
+
+
+@app.command()
+def up(data_dir: Optional[Path] = DataDir, port: Optional[int] = Port) -> None:
+    """Start the embedded stack in the background (broker, topics, workers); `learn down` stops it."""
+    from deploy.broker import free_port
+    from deploy.stack import Stack
+
+    s = _settings(data_dir, port)
+    stack = Stack(s, s.data_dir / "run")
+    stack.start_broker()
+    created = stack.create_topics()
+    stack.start_worker("interactions", free_port(s.worker.web_host))
+    console.print(f"broker on {s.broker.bootstrap}; topics created: {', '.join(created) or 'none (existed)'}")
+    for name, proc in stack.procs.items():
+        console.print(f"  {name}: pid {proc.pid}, log {stack.log_path(name)}")
+    stack.procs.clear()  # leave them running: pid files under <data_dir>/run
+
+
+@app.command()
+def down(data_dir: Optional[Path] = DataDir) -> None:
+    """Stop what `learn up` started."""
+    from deploy.stack import stop_pidfiles
+
+    s = _settings(data_dir)
+    stopped = stop_pidfiles(s.data_dir / "run")
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command()
+def status(data_dir: Optional[Path] = DataDir) -> None:
+    """What the state store holds: users, counters, consumed offsets."""
+    from store.state import StateReader
+
+    s = _settings(data_dir)
+    reader = StateReader(s.state_path, s.topics.interactions)
+    console.print(f"users: {sum(1 for _ in reader.users())}")
+    console.print(f"counters: {dict(reader.counters())}")
+    console.print(f"next offsets: {reader.next_offsets()}")
+    reader.close()
+
+
+@app.command()
+def demo(
+    users: Optional[int] = typer.Option(None, help="Replay only this many users (default: all)."),
+    events_per_s: float = typer.Option(20.0, help="Event-time rate the replay assigns."),
+    data_dir: Optional[Path] = DataDir,
+    port: Optional[int] = Port,
+    run_dir: Optional[Path] = typer.Option(None, help="Where logs and the report go (default: runs/<time>)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """The main job: the whole pipeline on the real Scientific data, with a report."""
+    from deploy.demo import run_demo
+
+    run_dir = run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    s = _settings(data_dir or run_dir / "data", port)
+    report = run_demo(s, run_dir.resolve(), users=users, events_per_s=events_per_s, progress=progress,
+                      console=console)  # fmt: skip
+    raise typer.Exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":
+    app()
