@@ -100,6 +100,7 @@ class ModelSettings(BaseModel):
     loss: Literal["dense_all_action", "in_batch", "full_softmax"] = "dense_all_action"
     temperature: float = 0.07
     whiten: bool = True
+    whiten_dim: int = 0  # keep this many principal components when whitening (0: all)
     max_seq_len: int = 50
     target_window: int = 5
     lr: float = 1e-3

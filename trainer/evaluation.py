@@ -15,7 +15,7 @@ can be reported both ways from one score matrix.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -72,3 +72,22 @@ def ranks_for_batch(
     if history_excluded:
         scores = mask_history(scores, histories, targets)
     return target_ranks(scores, targets)
+
+
+def evaluate_examples(
+    full_scores: Callable[[list[list[int]]], torch.Tensor],
+    examples: Sequence[tuple[Sequence[int], int]],
+    batch_size: int = 1024,
+    history_excluded: bool = True,
+) -> dict[str, float]:
+    """Run the protocol over a split: `full_scores(histories) -> (B, N)` is any model's scorer (a
+    LEARN model, a baseline, exported peer scores); `examples` are (history, target) pairs."""
+    ranks = []
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i : i + batch_size]
+            histories = [list(h) for h, _ in chunk]
+            targets = torch.tensor([t for _, t in chunk], dtype=torch.long)
+            scores = full_scores(histories)
+            ranks.append(ranks_for_batch(scores, targets, histories, history_excluded))
+    return metrics_from_ranks(torch.cat(ranks))

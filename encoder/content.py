@@ -1,0 +1,137 @@
+"""`ContentEncoder`: prompts -> LEARN content embeddings (frozen LLM, mean pool, L2 norm), cached.
+
+One object serves the offline trainer (the whole catalogue) and the streaming encoder worker (one
+micro-batch at a time): `encode(prompts)` looks every prompt up in the embedding cache, runs the LLM
+only on the misses, and stores what it computed. Misses are sorted by token length and padded per
+batch (length bucketing), so short texts never pay for long ones. No gradients, `inference_mode`,
+fp32 on CPU and bf16 on CUDA; vectors come back as float32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from config.settings import EncoderSettings, Settings
+from encoder.llm import LoadedLLM, load_llm
+from encoder.pooling import l2_normalize, mean_pool
+from store.embedding_cache import EmbeddingCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodeStats:
+    """What the last `encode` call did (for logs and metrics)."""
+
+    n: int = 0
+    cache_hits: int = 0
+    encoded: int = 0
+    truncated: int = 0  # prompts longer than max_tokens, cut to max_tokens
+    seconds: float = 0.0
+    truncated_examples: list[int] = field(default_factory=list)
+
+
+class ContentEncoder:
+    def __init__(
+        self,
+        settings: EncoderSettings | None = None,
+        models_path: str | Path | None = None,
+        cache: EmbeddingCache | str | Path | None = "default",
+        llm: LoadedLLM | None = None,
+    ):
+        root = Settings()
+        self.settings = settings or root.encoder
+        self.models_path = Path(models_path or root.models_path)
+        if cache == "default":
+            cache = root.cache_path
+        self.cache = EmbeddingCache(cache) if isinstance(cache, (str, Path)) else cache
+        self._llm = llm
+        self.last_stats = EncodeStats()
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def llm(self) -> LoadedLLM:
+        """Loaded on first use, so a fully cached catalogue never loads the model."""
+        if self._llm is None:
+            self._llm = load_llm(self.settings.model, self.models_path, self.settings.device)
+        return self._llm
+
+    @property
+    def model_id(self) -> str:
+        """Stable id of the model + pooling + max tokens: the cache's namespace."""
+        from encoder.llm import resolve_model_id
+
+        base = self._llm.model_id if self._llm else resolve_model_id(self.settings.model)
+        return f"{base}|mean|l2|max{self.settings.max_tokens}"
+
+    @property
+    def template(self) -> str:
+        return self.settings.template
+
+    # -- encoding ------------------------------------------------------------------------------
+    def _encode_uncached(self, prompts: list[str], progress: bool) -> np.ndarray:
+        llm = self.llm
+        tok = llm.tokenizer
+        ids = tok(prompts, add_special_tokens=True, truncation=False)["input_ids"]
+        lengths = np.array([len(x) for x in ids])
+        over = np.nonzero(lengths > self.settings.max_tokens)[0]
+        self.last_stats.truncated += len(over)
+        self.last_stats.truncated_examples = over[:5].tolist()
+        order = np.argsort(-lengths, kind="stable")  # longest first: memory peaks early
+        out = np.zeros((len(prompts), llm.hidden_size), dtype=np.float32)
+        bs = self.settings.batch_size
+        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+        with torch.inference_mode():
+            for b in tqdm(batches, desc=f"encode {self.settings.model}", disable=not progress):
+                enc = tok(
+                    [prompts[i] for i in b],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.settings.max_tokens,
+                    return_tensors="pt",
+                ).to(llm.device)
+                hidden = llm.model(**enc).last_hidden_state  # (B, T, d)
+                pooled = l2_normalize(mean_pool(hidden.float(), enc["attention_mask"]))  # (B, d)
+                out[b] = pooled.cpu().numpy()
+        return out
+
+    def encode(self, prompts: list[str], progress: bool = False) -> np.ndarray:
+        """Content embeddings for `prompts`: float32 (N, d), rows L2-normalised, order kept."""
+        import time
+
+        t0 = time.perf_counter()
+        self.last_stats = EncodeStats(n=len(prompts))
+        if not prompts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        cached = (
+            self.cache.get_many(self.model_id, self.template, prompts)
+            if self.cache
+            else [None] * len(prompts)
+        )
+        missing = sorted({p for p, v in zip(prompts, cached) if v is None})
+        self.last_stats.cache_hits = len(prompts) - sum(v is None for v in cached)
+        computed: dict[str, np.ndarray] = {}
+        if missing:
+            vecs = self._encode_uncached(missing, progress)
+            self.last_stats.encoded = len(missing)
+            if self.cache:
+                self.cache.put_many(self.model_id, self.template, missing, vecs)
+            computed = dict(zip(missing, vecs))
+            if self.last_stats.truncated:
+                log.warning(
+                    "%d of %d prompts longer than max_tokens=%d were truncated",
+                    self.last_stats.truncated, len(missing), self.settings.max_tokens,
+                )
+        out = np.stack([v if v is not None else computed[p] for p, v in zip(prompts, cached)])
+        self.last_stats.seconds = time.perf_counter() - t0
+        return out.astype(np.float32, copy=False)
+
+    @property
+    def dim(self) -> int:
+        return self.llm.hidden_size

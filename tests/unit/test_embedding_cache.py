@@ -1,0 +1,29 @@
+import sys
+
+import numpy as np
+
+from store.embedding_cache import EmbeddingCache, cache_key
+
+
+def test_store_imports_no_torch():
+    assert "store.embedding_cache" in sys.modules
+    import store.embedding_cache as m
+
+    assert "torch" not in m.__dict__
+
+
+def test_get_put_round_trip_and_keys(tmp_path):
+    c = EmbeddingCache(tmp_path / "cache")
+    assert c.get_many("m", "t", ["a", "b"]) == [None, None]
+    v = np.arange(6, dtype=np.float32).reshape(2, 3)
+    c.put_many("m", "t", ["a", "b"], v)
+    got = c.get_many("m", "t", ["b", "x", "a"])
+    assert np.array_equal(got[0], v[1]) and got[1] is None and np.array_equal(got[2], v[0])
+    assert got[0].dtype == np.float32
+    # another model or template is another namespace
+    assert c.get_many("m2", "t", ["a"]) == [None]
+    assert c.get_many("m", "t2", ["a"]) == [None]
+    assert cache_key("m", "t", "a") != cache_key("m", "t", "b")
+    assert len(c) == 2
+    # persists across opens
+    assert np.array_equal(EmbeddingCache(tmp_path / "cache").get_many("m", "t", ["a"])[0], v[0])

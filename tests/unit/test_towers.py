@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from trainer.towers import LEARN, TowerConfig, pad_sequences
+
+
+def make(tower="a", loss="dense_all_action", **kw):
+    torch.manual_seed(0)
+    cfg = TowerConfig(n_items=20, d_llm=12, d_model=8, n_heads=2, d_out=6, dropout=0.0,
+                      max_seq_len=10, item_tower=tower, loss=loss, target_window=3, **kw)  # fmt: skip
+    return LEARN(cfg, torch.randn(20, 12))
+
+
+@pytest.mark.parametrize("tower", ["a", "b", "c"])
+@pytest.mark.parametrize("loss", ["dense_all_action", "in_batch", "full_softmax"])
+def test_three_calls_shapes_and_backward(tower, loss):
+    m = make(tower, loss)
+    seq, lens = pad_sequences([[1, 2, 3, 4], [5, 6], [7, 8, 9]], m.pad_id, 10)
+    batch = {"item_seq": seq, "item_seq_len": lens, "test_item": torch.tensor([0, 1, 2])}
+    loss_v = m.calculate_loss(batch)
+    assert loss_v.dim() == 0 and torch.isfinite(loss_v)
+    loss_v.backward()
+    assert m.predict(batch).shape == (3,)
+    full = m.full_sort_predict(batch)
+    assert full.shape == (3, 20)
+    assert torch.allclose(full.gather(1, batch["test_item"].view(-1, 1)).squeeze(1), m.predict(batch), atol=1e-5)
+    assert m.item_vectors().shape == (20, 6)
+    assert torch.allclose(m.item_vectors().norm(dim=-1), torch.ones(20), atol=1e-5)
+
+
+def test_user_tower_is_causal_and_ignores_padding():
+    m = make().eval()
+    a, _ = pad_sequences([[1, 2, 3, 4]], m.pad_id, 10)
+    b, _ = pad_sequences([[1, 2, 3, 9]], m.pad_id, 10)
+    sa, sb = m.sequence_states(a), m.sequence_states(b)
+    assert torch.allclose(sa[:, :3], sb[:, :3], atol=1e-6)  # earlier positions never see later items
+    assert not torch.allclose(sa[:, 3], sb[:, 3])
+    short, lens = pad_sequences([[1, 2], [1, 2, 3, 4, 5]], m.pad_id, 10)
+    alone, alone_len = pad_sequences([[1, 2]], m.pad_id, 10)
+    assert torch.allclose(m.user_vectors(short, lens)[0], m.user_vectors(alone, alone_len)[0], atol=1e-6)
+
+
+def test_item_towers():
+    a, b, c = make("a").eval(), make("b").eval(), make("c").eval()
+    # (a) scores a candidate alone exactly like (b): same weights, a target sequence of length one
+    assert torch.allclose(a.item_vectors(), b.item_vectors(), atol=1e-6)
+    # (a) is contextual inside a target window, (b) is not
+    w = torch.tensor([[3, 4], [5, 4]])
+    va, vb = a.window_vectors(w), b.window_vectors(w)
+    assert torch.allclose(va[:, 0], vb[:, 0], atol=1e-6)
+    assert not torch.allclose(va[0, 1], va[1, 1])  # item 4 after 3 differs from item 4 after 5
+    assert torch.allclose(vb[0, 1], vb[1, 1])
+    # (c) is the content embedding through a linear projection (dims differ), no transformer
+    assert c.item_proj is not None
+    expect = torch.nn.functional.normalize(c.content[:20] @ c.item_proj.weight.T, dim=-1)
+    assert torch.allclose(c.item_vectors(), expect, atol=1e-6)
+
+
+def test_id_embedding_switch():
+    assert make().pcm.id_emb is None
+    assert make(use_id_embedding=True).pcm.id_emb is not None

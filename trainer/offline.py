@@ -1,0 +1,268 @@
+"""Offline LEARN: encode the catalogue (cached), train the twin towers, evaluate; plus two baselines.
+
+`run_train(...)` is what `learn train` calls. It writes into a run directory:
+    results.json   test metrics (best-validation weights, evaluated once), validation metrics,
+                   the per-epoch curve, both baselines, timings, peak memory, the full config
+    curve.png      training loss and validation NDCG@10 per epoch
+    checkpoint/    safetensors + JSON (trainer/checkpoint.py)
+
+Protocol: trainer/evaluation.py (full ranking over all items, history excluded). Early stopping on
+validation NDCG@10; the test split is scored once, at the end, with the best weights.
+
+Content features: the frozen LLM's mean-pooled, L2-normalised vectors, then (settings.model.whiten)
+mean-centred and PCA-whitened on the catalogue (item text only, no interaction data), then
+L2-normalised again. Whitening matters for decoder LLMs: raw SmolLM2 vectors have mean pairwise cosine
+~0.93, so every item looks like every other until the common direction is removed.
+
+Baselines, same protocol, same features:
+- zero-training: user = recency-weighted mean (0.7^age) of the history's feature vectors, cosine;
+- popularity: training interaction counts.
+
+Defaults and why (chosen on validation NDCG@10 only; see bench/results/quality.md for the numbers):
+the paper's dense all-action loss is the default: it is the only one of the three under which item
+tower (a) differs from (b) (with a next-item loss the target window has one item, so (a)'s causal
+attention over the window has nothing to attend to), and it gives every history position W positive
+targets instead of one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from config.settings import EncoderSettings, ModelSettings, Settings
+from encoder.pooling import Whitening, l2_normalize, mean_pairwise_cosine
+from trainer.checkpoint import save_checkpoint
+from trainer.data import RecData, load_dataset
+from trainer.evaluation import evaluate_examples
+from trainer.towers import LEARN, TowerConfig, pad_sequences
+
+log = logging.getLogger(__name__)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# -- content ---------------------------------------------------------------------------------
+def encode_catalogue(data: RecData, enc: EncoderSettings, settings: Settings, progress: bool = True):
+    """(N, d_llm) raw content embeddings of every item (cache first), the encoder's model id, stats."""
+    from encoder.content import ContentEncoder
+
+    encoder = ContentEncoder(enc, models_path=settings.models_path, cache=settings.cache_path)
+    raw = encoder.encode(data.prompts(enc.template), progress=progress)
+    return raw, encoder.model_id, encoder.last_stats
+
+
+def content_features(raw: np.ndarray, whiten: bool, whiten_dim: int = 0) -> np.ndarray:
+    """Raw pooled vectors -> model input features (see the module docstring). (N, d) -> (N, k)."""
+    x = raw
+    if whiten:
+        x = Whitening.fit(raw, dim=whiten_dim or None)(raw)
+    return l2_normalize(x).astype(np.float32)
+
+
+# -- baselines ---------------------------------------------------------------------------------
+def zero_training_scorer(features: np.ndarray, decay: float = 0.7):
+    """histories -> (B, N) cosine between the recency-weighted mean history vector and every item."""
+    items = torch.from_numpy(l2_normalize(features))
+
+    def scores(histories: list[list[int]]) -> torch.Tensor:
+        users = torch.zeros(len(histories), items.shape[1])
+        for r, h in enumerate(histories):
+            w = torch.tensor([decay ** (len(h) - 1 - j) for j in range(len(h))])
+            users[r] = (w.view(-1, 1) * items[h]).sum(0)
+        return torch.nn.functional.normalize(users, dim=-1) @ items.T
+
+    return scores
+
+
+def popularity_scorer(data: RecData):
+    pop = torch.tensor(data.item_popularity(), dtype=torch.float32)
+    return lambda histories: pop.expand(len(histories), -1)
+
+
+def evaluate_baselines(data: RecData, features: np.ndarray | None) -> dict:
+    out = {"popularity": {s: evaluate_examples(popularity_scorer(data), getattr(data, s)) for s in ("valid", "test")}}
+    if features is not None:
+        zt = zero_training_scorer(features)
+        out["zero-training"] = {s: evaluate_examples(zt, getattr(data, s)) for s in ("valid", "test")}
+    return out
+
+
+# -- training ----------------------------------------------------------------------------------
+def tower_config(ms: ModelSettings, n_items: int, d_llm: int) -> TowerConfig:
+    return TowerConfig(
+        n_items=n_items, d_llm=d_llm, d_model=ms.d_model, n_layers=ms.n_layers, n_heads=ms.n_heads,
+        d_out=ms.d_out, dropout=ms.dropout, max_seq_len=ms.max_seq_len, item_tower=ms.item_tower,
+        use_id_embedding=ms.use_id_embedding, loss=ms.loss, temperature=ms.temperature,
+        target_window=ms.target_window,
+    )  # fmt: skip
+
+
+def model_scorer(model: LEARN, max_len: int):
+    """A LEARN model as a `histories -> (B, N)` scorer (item vectors computed once)."""
+    model.eval()
+    with torch.no_grad():
+        items = model.item_vectors()
+
+    def scores(histories: list[list[int]]) -> torch.Tensor:
+        seq, lens = pad_sequences(histories, model.pad_id, max_len)
+        return model.full_sort_predict({"item_seq": seq, "item_seq_len": lens}, items)
+
+    return scores
+
+
+@dataclass
+class TrainOutcome:
+    model: LEARN
+    best_epoch: int
+    curve: list[dict]
+    valid_metrics: dict
+    test_metrics: dict
+    seconds: float
+
+
+def train_model(
+    data: RecData, features: np.ndarray, ms: ModelSettings, progress: bool = True
+) -> TrainOutcome:
+    """Train with early stopping on validation NDCG@10; test once with the best weights."""
+    t0 = time.perf_counter()
+    seed_everything(ms.seed)
+    cfg = tower_config(ms, data.n_items, features.shape[1])
+    model = LEARN(cfg, torch.from_numpy(features))
+    opt = torch.optim.AdamW(model.parameters(), lr=ms.lr, weight_decay=ms.weight_decay)
+    seqs = [s for s in data.train if len(s) >= 2]
+    rng = random.Random(ms.seed)
+    best, best_state, best_epoch, bad, curve = -1.0, None, -1, 0, []
+    bar = tqdm(range(1, ms.max_epochs + 1), desc=f"train learn-{ms.item_tower}", disable=not progress)
+    for epoch in bar:
+        model.train()
+        order = list(range(len(seqs)))
+        rng.shuffle(order)
+        total, n = 0.0, 0
+        for i in range(0, len(order), ms.batch_size):
+            seq, lens = pad_sequences([seqs[j] for j in order[i : i + ms.batch_size]], model.pad_id, ms.max_seq_len)
+            loss = model.calculate_loss({"item_seq": seq, "item_seq_len": lens})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            total, n = total + float(loss), n + 1
+        valid = evaluate_examples(model_scorer(model, ms.max_seq_len), data.valid)
+        curve.append({"epoch": epoch, "loss": total / max(n, 1), **{f"valid_{k}": v for k, v in valid.items()}})
+        if valid["ndcg@10"] > best:
+            best, best_epoch, bad = valid["ndcg@10"], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+        bar.set_postfix(loss=f"{total / max(n, 1):.3f}", valid_ndcg10=f"{valid['ndcg@10']:.4f}", best=f"{best:.4f}@{best_epoch}")
+        if not progress:
+            log.info("epoch %d loss %.4f valid ndcg@10 %.4f (best %.4f @ %d)", epoch, total / max(n, 1), valid["ndcg@10"], best, best_epoch)
+        if bad >= ms.patience:
+            break
+    model.load_state_dict(best_state)
+    scorer = model_scorer(model, ms.max_seq_len)
+    valid = evaluate_examples(scorer, data.valid)
+    test = evaluate_examples(scorer, data.test)
+    return TrainOutcome(model, best_epoch, curve, valid, test, time.perf_counter() - t0)
+
+
+def plot_curve(curve: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [c["epoch"] for c in curve]
+    fig, ax1 = plt.subplots(figsize=(6, 3.5))
+    ax1.plot(ep, [c["loss"] for c in curve], color="tab:blue", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(ep, [c["valid_ndcg@10"] for c in curve], color="tab:red", label="valid NDCG@10")
+    ax2.set_ylabel("valid NDCG@10", color="tab:red")
+    ax1.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- the whole run -----------------------------------------------------------------------------
+def run_train(
+    settings: Settings | None = None,
+    dataset: str = "amazon-scientific-unisrec",
+    run_dir: Path | None = None,
+    users: int | None = None,
+    model: str = "learn",  # learn | zero-training | popularity
+    progress: bool = True,
+    threads: int | None = None,
+) -> dict:
+    """Encode (cached) -> features -> train/evaluate -> results.json, curve.png, checkpoint/."""
+    t0 = time.perf_counter()
+    s = settings or Settings()
+    ms, enc = s.model, s.encoder
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir = Path(run_dir or Path("runs") / time.strftime(f"train-%Y%m%d-%H%M%S"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(dataset, s.shared_data_dir, history_cap=ms.max_seq_len).subsample(users, seed=ms.seed)
+
+    features, encoder_id, encode_stats, anisotropy = None, None, None, None
+    if model != "popularity":
+        t_enc = time.perf_counter()
+        raw, encoder_id, stats = encode_catalogue(data, enc, s, progress)
+        encode_stats = {"seconds": time.perf_counter() - t_enc, "cache_hits": stats.cache_hits,
+                        "encoded": stats.encoded, "truncated": stats.truncated}  # fmt: skip
+        anisotropy = mean_pairwise_cosine(raw)
+        features = content_features(raw, ms.whiten, ms.whiten_dim)
+
+    baselines = evaluate_baselines(data, features)
+    result: dict = {
+        "dataset": dataset,
+        "encoder": encoder_id,
+        "seed": ms.seed,
+        "history_excluded": True,
+        "users": data.n_users,
+        "n_items": data.n_items,
+        "encode": encode_stats,
+        "raw_mean_pairwise_cosine": anisotropy,
+        "baselines": baselines,
+    }
+    if model == "learn":
+        out = train_model(data, features, ms, progress)
+        result.update(
+            model=f"learn-{ms.item_tower}", metrics=out.test_metrics, valid_metrics=out.valid_metrics,
+            best_epoch=out.best_epoch, curve=out.curve, train_seconds=out.seconds,
+            parameters=out.model.num_parameters(),
+        )  # fmt: skip
+        plot_curve(out.curve, run_dir / "curve.png", f"LEARN-({ms.item_tower}) {enc.model}, {dataset}")
+        save_checkpoint(out.model, run_dir / "checkpoint", metrics=out.test_metrics,
+                        extra={"encoder": encoder_id, "dataset": dataset, "whiten": ms.whiten})  # fmt: skip
+    else:
+        b = baselines[model]
+        result.update(model=model, metrics=b["test"], valid_metrics=b["valid"])
+        if model == "popularity":
+            result["encoder"] = None
+    result["seconds"] = time.perf_counter() - t0
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["config"] = {"model": ms.model_dump(), "encoder": enc.model_dump()}
+    (run_dir / "results.json").write_text(json.dumps(result, indent=2))
+    return result
