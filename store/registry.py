@@ -1,0 +1,154 @@
+"""The model registry: published versions of the twin towers and the pointer serving follows.
+
+Layout under the registry root:
+    versions/<name>/           one complete version (written elsewhere, then renamed into place)
+        weights.safetensors    the towers' weights (no pickle)
+        config.json            model config, data window, metrics, created time
+        item_tower.pt          TorchScript: raw content embeddings (N, d_llm) -> item vectors (N, d_out),
+                               self-contained (whitening included), so the encoder worker and the query
+                               path can compute item vectors without importing trainer/
+        user_tower.pt          TorchScript: (B, T, d_llm) content sequence + (B, T) mask -> (B, d_out)
+    CURRENT                    JSON {"version": name, "collection": vector collection}: what serving uses
+    .staging/                  versions being written (never read by anyone else)
+
+Publishing is three steps, each atomic: `stage()` a directory and `commit_version()` renames it into
+`versions/`; the caller fills the vector collection; `promote()` replaces CURRENT with os.replace. A
+crash at any point leaves CURRENT naming the previous complete version. This module knows files, not
+models: it never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CURRENT = "CURRENT"
+VERSION_PREFIX = "v"
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str
+    path: Path
+
+    @property
+    def config(self) -> dict:
+        return json.loads((self.path / "config.json").read_text())
+
+    @property
+    def collection(self) -> str:
+        return f"items_{self.name}"
+
+    @property
+    def item_tower_path(self) -> Path:
+        return self.path / "item_tower.pt"
+
+    @property
+    def user_tower_path(self) -> Path:
+        return self.path / "user_tower.pt"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class ModelRegistry:
+    def __init__(self, root: Path):
+        self.root = root
+        self.versions_dir = root / "versions"
+        self.staging_dir = root / ".staging"
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- reading ----
+    def versions(self) -> list[Version]:
+        """Complete versions, oldest first."""
+        names = sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir())
+        return [Version(n, self.versions_dir / n) for n in names]
+
+    def get(self, name: str) -> Version:
+        path = self.versions_dir / name
+        if not path.is_dir():
+            known = ", ".join(v.name for v in self.versions()) or "none"
+            raise KeyError(f"no model version {name!r} (known: {known})")
+        return Version(name, path)
+
+    def current(self) -> Version | None:
+        """The version serving uses now, or None before the first promotion."""
+        try:
+            pointer = json.loads((self.root / CURRENT).read_text())
+        except FileNotFoundError:
+            return None
+        return self.get(pointer["version"])
+
+    def pointer_mtime(self) -> float:
+        """Changes whenever CURRENT is replaced: cheap polling for readers that cache a version."""
+        try:
+            return (self.root / CURRENT).stat().st_mtime_ns / 1e9
+        except FileNotFoundError:
+            return 0.0
+
+    # ---- publishing ----
+    def next_name(self) -> str:
+        existing = [int(v.name[1:]) for v in self.versions() if v.name[1:].isdigit()]
+        return f"{VERSION_PREFIX}{(max(existing) + 1) if existing else 1:06d}"
+
+    def stage(self, name: str) -> Path:
+        """A fresh private directory to write version `name` into."""
+        path = self.staging_dir / name
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def commit_version(self, name: str) -> Version:
+        """Move a fully written staging directory into versions/ (one rename)."""
+        src = self.staging_dir / name
+        for required in ("weights.safetensors", "config.json", "item_tower.pt"):
+            if not (src / required).exists():
+                raise FileNotFoundError(f"version {name} is incomplete: {required} missing")
+        for f in src.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        dst = self.versions_dir / name
+        os.rename(src, dst)
+        _fsync_dir(self.versions_dir)
+        return Version(name, dst)
+
+    def promote(self, name: str) -> Version:
+        """Point serving at version `name` (atomic)."""
+        version = self.get(name)
+        pointer = {"version": name, "collection": version.collection, "promoted_at": time.time()}
+        write_atomic(self.root / CURRENT, json.dumps(pointer).encode())
+        return version
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the newest `keep` versions, never the current one; return the names removed."""
+        current = self.current()
+        removable = [v for v in self.versions()[:-keep] if not current or v.name != current.name]
+        for v in removable:
+            shutil.rmtree(v.path, ignore_errors=True)
+        return [v.name for v in removable]
+
+    def clean_staging(self) -> None:
+        """Remove what a crashed publish left half-written."""
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
