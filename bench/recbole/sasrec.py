@@ -80,26 +80,22 @@ def known_histories(
 ) -> tuple[dict[str, dict[int, tuple[list[int], int]]], torch.Tensor]:
     """Per split, user -> (history to exclude, target); and item popularity from the training file.
 
-    A split's history is the row's item_id_list plus every item the user had before it (the lists are
-    capped at 50; this differs from the list alone for 3 test users). Popularity counts each training
-    interaction once (each user's longest training row: its history plus its target).
+    A split's history is the row's own item_id_list (capped at 50 by the files), exactly as the
+    project's loader (trainer/data.py, load_unisrec) hands it to LEARN, so both sides exclude the same
+    items. Popularity counts each training interaction once (each user's longest training row: its
+    history plus its target).
     """
     rows = {s: read_split(data_dir, s) for s in SPLITS}
-    seen: dict[int, set[int]] = defaultdict(set)
     longest: dict[int, tuple[list[int], int]] = {}
     for u, hist, t in rows["train"]:
-        seen[u].update(hist)
-        seen[u].add(t)
-        if u not in longest or len(hist) >= len(longest[u][0]):
+        if u not in longest or len(hist) > len(longest[u][0]):
             longest[u] = (hist, t)
     out: dict[str, dict[int, tuple[list[int], int]]] = {}
     for split in ("valid", "test"):
         out[split] = {}
         for u, hist, t in rows[split]:
             assert u not in out[split], f"user {u} twice in {split}"
-            out[split][u] = (sorted(seen[u] | set(hist)), t)
-        for u, _hist, t in rows[split]:
-            seen[u].add(t)  # the validation target is history for the test row
+            out[split][u] = (hist[-50:], t)
     pop = torch.zeros(n_items)
     for hist, t in longest.values():
         for i in (*hist, t):
@@ -250,6 +246,12 @@ def main() -> int:
     metrics, metrics_recbole, valid_metrics = {}, {}, {}
     for split, loader in (("valid", valid_data), ("test", test_data)):
         scores, targets = score_split(model, loader, item_cols, n_items, dataset)
+        users = sorted(scores)
+        torch.save(  # exported peer scores (git-ignored), reloadable with weights_only=True
+            {"users": torch.tensor(users), "targets": torch.tensor([targets[u] for u in users]),
+             "scores": torch.stack([scores[u] for u in users])},
+            run_dir / f"scores-{split}.pt",
+        )
         for excluded in (True, False):
             m = rnd(protocol_metrics(scores, targets, truth[split], excluded))
             log.info(f"{split} history_excluded={excluded}: {m}")
@@ -295,7 +297,8 @@ def main() -> int:
                 "valid_metric", "eval_batch_size")},
             "n_items": n_items,
             "ranking": "full, all items; ties count against the target (trainer/evaluation.py)",
-            "history": "row's item_id_list plus every earlier item of the user (train rows, valid target)",
+            "history": "the row's own item_id_list (as trainer/data.py gives LEARN)",
+            "scores_export": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir),
             "recbole_best_valid": {k: float(v) for k, v in (best_valid_result or {}).items()},
             "valid_curve_ndcg@10": best["curve"],
             "crosscheck_max_abs_diff_vs_recbole": round(worst, 6),
