@@ -1,0 +1,359 @@
+"""The vector store: content embeddings and item-tower vectors, searchable by inner product.
+
+Collections (one schema for all, primary key = item id, so every write is an idempotent upsert):
+    content            the frozen LLM's content embedding of each live item (written by encoder/worker.py)
+    items_<version>    the item-tower vectors of model version <version> (store/registry.py names it);
+                       the collection that queries search is the current version's
+Fields: item_id (VARCHAR pk), vector (FLOAT_VECTOR), text_hash (sha256 of the prompt), model_id,
+event_time (the record's), written_at (wall clock of the write), truncated (the prompt was cut).
+
+Where the data lives (`settings.vector_uri`):
+- `http(s)://...` : a Milvus server; any number of processes connect to it.
+- a local path (default `<data_dir>/vectors.db`): milvus-lite. milvus-lite 3.x is pure Python and
+  in-process, and it allows ONE process per directory (an flock on `<path>/LOCK`). So the process that
+  opens the path first becomes its *host*: it opens milvus-lite, serves it on a loopback gRPC port
+  (milvus-lite's own Milvus-protocol server, one request at a time: milvus-lite is single-writer per
+  collection) and writes that address to `<path>/ENDPOINT`. Every other process that opens the same
+  path while the host lives becomes a *guest*: it finds the lock taken, reads ENDPOINT and talks to the
+  host over gRPC, exactly as it would talk to a Milvus server. In the running system the encoder
+  worker is the long-lived host; the trainer, the API, the demo and tests are guests. If the host goes
+  away (stop, crash, SIGKILL: the OS drops the flock), a guest's next call fails to connect; the
+  store then re-opens, becoming the host itself or the guest of whoever took the lock, and repeats the
+  call. Every operation is idempotent (upserts and deletes by primary key, reads), so repeating one is
+  harmless.
+
+Durability: milvus-lite appends each write to its WAL and flushes it to the OS before the call
+returns, so a write that returned survives a kill of the process (not a power loss).
+
+This module imports no torch and no model code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CONTENT = "content"
+ITEMS_PREFIX = "items_"
+ENDPOINT_FILE = "ENDPOINT"
+MAX_ID_BYTES = 512  # ids are <= 128 characters (streams/schemas.py); UTF-8 needs up to 4 bytes each
+PAGE = 4096  # rows per page when listing ids (Milvus caps query results at 16384)
+
+
+def items_collection(version: str) -> str:
+    """The collection of a model version's item-tower vectors (the same name the registry gives)."""
+    return f"{ITEMS_PREFIX}{version}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One stored item (the vector only when asked for)."""
+
+    item_id: str
+    text_hash: str
+    model_id: str
+    event_time: float
+    written_at: float
+    truncated: bool
+    vector: np.ndarray | None = None
+
+
+class StoreUnavailable(RuntimeError):
+    """No host answered for a local store within the wait, or the server is unreachable."""
+
+
+def _is_connection_error(e: Exception) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    return any(s in text for s in ("unavailable", "connect", "deadline", "socket closed", "channel"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class VectorStore:
+    """Collections of item vectors behind a milvus-lite file or a Milvus server (see module doc)."""
+
+    def __init__(self, uri: str | Path, token: str = "", wait_s: float = 30.0):
+        self.uri = str(uri)
+        self.token = token
+        self.wait_s = wait_s
+        self.mode = ""  # "server" | "host" | "guest" once open
+        self._client = None
+        self._server = None  # (grpc server, MilvusLite db) when hosting
+        self._dims: dict[str, int] = {}
+
+    @property
+    def is_remote(self) -> bool:
+        return self.uri.startswith(("http://", "https://"))
+
+    # ---- opening ------------------------------------------------------------------------------
+    def open(self) -> "VectorStore":
+        if self._client is not None:
+            return self
+        from pymilvus import MilvusClient
+
+        if self.is_remote:
+            self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.wait_s)
+            self.mode = "server"
+            return self
+        path = Path(self.uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.wait_s
+        last_error: Exception | None = None
+        while True:
+            endpoint = self._try_host(path)
+            mode = "host"
+            if endpoint is None:  # another process holds the file: be its guest
+                endpoint, mode = self._read_endpoint(path), "guest"
+            if endpoint:
+                try:
+                    self._client = MilvusClient(uri=endpoint, timeout=5.0)
+                    names = self._client.list_collections()
+                    if mode == "host":  # milvus-lite re-opens collections released: load them
+                        for name in names:
+                            self._client.load_collection(name)
+                    self.mode = mode
+                    log.info("vector store %s opened as %s (%s)", path, mode, endpoint)
+                    return self
+                except Exception as e:  # a host that just went away, or not ready yet
+                    last_error = e
+                    self._client = None
+                    self._stop_hosting(path)
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"vector store {path}: no host answered within {self.wait_s}s "
+                                       f"(last error: {last_error})")  # fmt: skip
+            time.sleep(0.1)
+
+    def _try_host(self, path: Path) -> str | None:
+        """Take the milvus-lite directory and serve it on loopback; None if another process has it."""
+        from milvus_lite.adapter.grpc.server import start_server_in_thread
+        from milvus_lite.exceptions import DataDirLockedError
+
+        try:
+            server, db, port = start_server_in_thread(str(path), "127.0.0.1", 0, max_workers=1)
+        except DataDirLockedError:
+            return None
+        self._server = (server, db)
+        endpoint = f"http://127.0.0.1:{port}"
+        tmp = path / f".{ENDPOINT_FILE}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps({"uri": endpoint, "pid": os.getpid()}))
+        os.replace(tmp, path / ENDPOINT_FILE)
+        return endpoint
+
+    @staticmethod
+    def _read_endpoint(path: Path) -> str | None:
+        try:
+            info = json.loads((path / ENDPOINT_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return None  # the host has not written it yet
+        return info["uri"] if _pid_alive(int(info["pid"])) else None
+
+    def _stop_hosting(self, path: Path | None = None) -> None:
+        if self._server is None:
+            return
+        server, db = self._server
+        self._server = None
+        try:
+            server.stop(grace=1).wait(2)
+        finally:
+            db.close()  # releases the LOCK
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001 - closing a dead channel
+                pass
+            self._client = None
+        if self._server is not None:
+            path = Path(self.uri)
+            try:
+                info = json.loads((path / ENDPOINT_FILE).read_text())
+                if info.get("pid") == os.getpid():
+                    (path / ENDPOINT_FILE).unlink(missing_ok=True)
+            except (FileNotFoundError, ValueError):
+                pass
+            self._stop_hosting()
+        self.mode = ""
+
+    def __enter__(self) -> "VectorStore":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method: str, *args, **kwargs):
+        """Call the client; after a lost host (see module doc) re-open once and repeat the call."""
+        self.open()
+        try:
+            return getattr(self._client, method)(*args, **kwargs)
+        except Exception as e:
+            if self.is_remote or self.mode != "guest" or not _is_connection_error(e):
+                raise
+            log.warning("vector store host went away (%s): re-opening", type(e).__name__)
+            self.close()
+            self.open()
+            return getattr(self._client, method)(*args, **kwargs)
+
+    # ---- collections --------------------------------------------------------------------------
+    def collections(self) -> list[str]:
+        return sorted(self._call("list_collections"))
+
+    def has(self, name: str) -> bool:
+        return name in self.collections()
+
+    def ensure_collection(self, name: str, dim: int, metric: str = "IP") -> None:
+        """Create `name` for vectors of `dim` if absent; refuse an existing one of another dim."""
+        if self._dims.get(name) == dim:
+            return
+        if self.has(name):
+            have = self.dim(name)
+            if have != dim:
+                raise ValueError(f"collection {name!r} in {self.uri} holds vectors of dim {have}, not {dim} "
+                                 f"(another model wrote it): use another vectors.uri or drop it")  # fmt: skip
+            self._dims[name] = dim
+            return
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("item_id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("text_hash", DataType.VARCHAR, max_length=64)
+        schema.add_field("model_id", DataType.VARCHAR, max_length=512)
+        schema.add_field("event_time", DataType.DOUBLE)
+        schema.add_field("written_at", DataType.DOUBLE)
+        schema.add_field("truncated", DataType.BOOL)
+        index = self._client.prepare_index_params()
+        index.add_index("vector", index_type="FLAT", metric_type=metric)
+        try:
+            self._call("create_collection", name, schema=schema, index_params=index)
+        except Exception:
+            if not self.has(name):  # else: created by another process in between
+                raise
+        self._dims[name] = dim
+
+    def dim(self, name: str) -> int:
+        desc = self._call("describe_collection", name)
+        return next(int(f["params"]["dim"]) for f in desc["fields"] if f["name"] == "vector")
+
+    def drop(self, name: str) -> None:
+        self._dims.pop(name, None)
+        if self.has(name):
+            self._call("drop_collection", name)
+
+    # ---- writing ------------------------------------------------------------------------------
+    def upsert(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        text_hashes: Sequence[str] | None = None,
+        model_id: str = "",
+        event_times: Sequence[float] | None = None,
+        truncated: Sequence[bool] | None = None,
+    ) -> int:
+        """Insert or replace one row per id (the collection must exist). Returns the rows written."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        n = len(ids)
+        assert vectors.shape[0] == n, (vectors.shape, n)
+        if n == 0:
+            return 0
+        now = time.time()
+        rows = [
+            {
+                "item_id": ids[i],
+                "vector": vectors[i].tolist(),
+                "text_hash": text_hashes[i] if text_hashes is not None else "",
+                "model_id": model_id,
+                "event_time": float(event_times[i]) if event_times is not None else now,
+                "written_at": now,
+                "truncated": bool(truncated[i]) if truncated is not None else False,
+            }
+            for i in range(n)
+        ]
+        self._call("upsert", name, rows)
+        return n
+
+    def delete(self, name: str, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        if ids:
+            self._call("delete", name, filter=_in_filter(ids))
+
+    # ---- reading ------------------------------------------------------------------------------
+    def get(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> dict[str, Row]:
+        """The stored rows of `ids` that exist, by id."""
+        if not ids:
+            return {}
+        fields = ["text_hash", "model_id", "event_time", "written_at", "truncated"]
+        fields += ["vector"] if with_vectors else []
+        res = self._call("query", name, filter=_in_filter(ids), output_fields=fields, limit=len(ids))
+        return {r["item_id"]: _row(r) for r in res}
+
+    def search(
+        self, name: str, queries: np.ndarray, k: int = 10, exclude: Iterable[str] = ()
+    ) -> list[list[tuple[str, float]]]:
+        """Top-`k` (item id, score) per query row by the collection's metric (inner product by
+        default), leaving out the ids in `exclude` (e.g. what the user has already seen)."""
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        excluded = set(exclude)
+        # Filtered after the search rather than in a filter expression: ids are free text, and
+        # expression quoting differs between milvus-lite and Milvus.
+        limit = min(k + len(excluded), 16384)
+        res = self._call("search", name, data=q.tolist(), limit=limit, output_fields=["item_id"])
+        out = []
+        for hits in res:
+            kept = [(h["item_id"] if "item_id" in h else h["id"], float(h["distance"])) for h in hits]
+            out.append([(i, s) for i, s in kept if i not in excluded][:k])
+        return out
+
+    def count(self, name: str) -> int:
+        res = self._call("query", name, filter="", output_fields=["count(*)"])
+        return int(res[0]["count(*)"])
+
+    def ids(self, name: str) -> list[str]:
+        """Every item id in a collection (paged)."""
+        out: list[str] = []
+        while True:
+            page = self._call("query", name, filter="", output_fields=["item_id"], limit=PAGE, offset=len(out))
+            out.extend(r["item_id"] for r in page)
+            if len(page) < PAGE:
+                return out
+
+
+def _in_filter(ids: Iterable[str]) -> str:
+    """`item_id in [...]` with each id as a JSON string literal (pymilvus' own quoting breaks on \\)."""
+    return "item_id in [" + ", ".join(json.dumps(i, ensure_ascii=False) for i in ids) + "]"
+
+
+def _row(r: dict) -> Row:
+    vec = r.get("vector")
+    return Row(
+        item_id=r["item_id"],
+        text_hash=r.get("text_hash", ""),
+        model_id=r.get("model_id", ""),
+        event_time=float(r.get("event_time", 0.0)),
+        written_at=float(r.get("written_at", 0.0)),
+        truncated=bool(r.get("truncated", False)),
+        vector=None if vec is None else np.asarray(vec, dtype=np.float32),
+    )
+
+
+def open_store(settings) -> VectorStore:
+    """The configured store (settings: config.Settings), opened."""
+    return VectorStore(settings.vector_uri, settings.vectors.token).open()

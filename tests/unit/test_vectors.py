@@ -1,0 +1,125 @@
+"""store/vectors.py on a real milvus-lite file: upserts, deletes, search with exclusions, and the
+one-process-per-file design (host + guests over loopback gRPC, re-opening after the host is killed)."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import store.vectors as vectors_module
+from store.vectors import CONTENT, VectorStore, items_collection
+
+ODD_IDS = ['a"quote', "back\\slash", "ünï-ç", "space d", "x" * 128]
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with VectorStore(tmp_path / "vectors.db") as s:
+        yield s
+
+
+def test_upsert_replaces_and_delete_removes(store):
+    store.ensure_collection(CONTENT, 8)
+    vecs = unit(np.random.default_rng(0).standard_normal((5, 8)))
+    ids = [f"i{k}" for k in range(5)]
+    store.upsert(CONTENT, ids, vecs, text_hashes=["h"] * 5, model_id="m", event_times=[1e9 + k for k in range(5)])
+    store.upsert(CONTENT, ids[:2], vecs[:2], text_hashes=["h2"] * 2, model_id="m", truncated=[True, False])
+    assert store.count(CONTENT) == 5
+    rows = store.get(CONTENT, ids + ["absent"], with_vectors=True)
+    assert set(rows) == set(ids)
+    assert rows["i0"].text_hash == "h2" and rows["i0"].truncated and not rows["i1"].truncated
+    assert rows["i4"].event_time == 1e9 + 4 and rows["i4"].model_id == "m"
+    np.testing.assert_allclose(rows["i3"].vector, vecs[3], rtol=1e-6)
+    store.delete(CONTENT, ["i1", "absent"])
+    assert store.count(CONTENT) == 4 and "i1" not in store.get(CONTENT, ["i1"])
+    assert sorted(store.ids(CONTENT)) == ["i0", "i2", "i3", "i4"]
+
+
+def test_search_is_inner_product_top_k_with_exclusions(store):
+    name = items_collection("v000001")
+    store.ensure_collection(name, 4)
+    vecs = np.eye(4, dtype=np.float32)[[0, 0, 1, 2, 3]] * np.array([[1.0], [0.5], [1], [1], [1]], np.float32)
+    store.upsert(name, ["a", "b", "c", "d", "e"], vecs)
+    q = np.array([1.0, 0.2, 0.0, 0.0], np.float32)
+    (hits,) = store.search(name, q, k=3)
+    assert [h[0] for h in hits] == ["a", "b", "c"]
+    assert hits[0][1] == pytest.approx(1.0) and hits[1][1] == pytest.approx(0.5)
+    (hits,) = store.search(name, q, k=2, exclude=["a"])
+    assert [h[0] for h in hits] == ["b", "c"]
+    two = store.search(name, np.stack([q, np.array([0, 0, 0, 1], np.float32)]), k=1)
+    assert [h[0][0] for h in two] == ["a", "e"]
+
+
+def test_odd_ids_round_trip(store, monkeypatch):
+    monkeypatch.setattr(vectors_module, "PAGE", 2)  # exercise paging
+    store.ensure_collection(CONTENT, 3)
+    store.upsert(CONTENT, ODD_IDS, unit(np.ones((len(ODD_IDS), 3))))
+    assert set(store.get(CONTENT, ODD_IDS)) == set(ODD_IDS)
+    assert sorted(store.ids(CONTENT)) == sorted(ODD_IDS)
+    (hits,) = store.search(CONTENT, np.ones(3), k=10, exclude=ODD_IDS[:2])
+    assert {h[0] for h in hits} == set(ODD_IDS[2:])
+    store.delete(CONTENT, ODD_IDS[:2])
+    assert store.count(CONTENT) == len(ODD_IDS) - 2
+
+
+def test_another_dimension_is_refused(store):
+    store.ensure_collection(CONTENT, 8)
+    store.ensure_collection(CONTENT, 8)  # idempotent
+    with VectorStore(store.uri) as second:  # a guest of the fixture's store (same process)
+        assert second.mode == "guest"
+        with pytest.raises(ValueError, match="dim 8, not 4"):
+            second.ensure_collection(CONTENT, 4)
+
+
+HOST = textwrap.dedent("""
+    import sys, numpy as np
+    from store.vectors import VectorStore, CONTENT
+    s = VectorStore(sys.argv[1]).open()
+    s.ensure_collection(CONTENT, 4)
+    s.upsert(CONTENT, ["from-host"], np.ones((1, 4), np.float32))
+    print(s.mode, flush=True)
+    for line in sys.stdin:  # commands from the test: "count" or "get <id>"
+        cmd = line.split()
+        out = s.count(CONTENT) if cmd[0] == "count" else sorted(s.get(CONTENT, cmd[1:]))
+        print(out, flush=True)
+""")
+
+
+def test_second_process_is_a_guest_and_takes_over_after_a_kill(tmp_path):
+    path = tmp_path / "vectors.db"
+    host = subprocess.Popen([sys.executable, "-c", HOST, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert host.stdout.readline().strip() == "host"
+        guest = VectorStore(path, wait_s=10).open()
+        assert guest.mode == "guest"
+        assert "from-host" in guest.get(CONTENT, ["from-host"])
+        guest.upsert(CONTENT, ["from-guest"], np.ones((1, 4), np.float32))
+        host.stdin.write("get from-guest\n")
+        host.stdin.flush()
+        assert host.stdout.readline().strip() == "['from-guest']"
+        assert json.loads((path / "ENDPOINT").read_text())["pid"] == host.pid
+
+        host.send_signal(signal.SIGKILL)
+        host.wait()
+        # The guest's next call finds the host gone, re-opens (now as host), and nothing was lost.
+        assert set(guest.get(CONTENT, ["from-host", "from-guest"])) == {"from-host", "from-guest"}
+        assert guest.mode == "host" and guest.count(CONTENT) == 2
+        guest.close()
+        assert not (path / "ENDPOINT").exists()
+    finally:
+        if host.poll() is None:
+            host.kill()
+
+
+def test_store_imports_no_model_code():
+    code = "import sys, store.vectors, store.registry; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
