@@ -111,7 +111,7 @@ class ContentEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         cached = (
             self.cache.get_many(self.model_id, self.template, prompts)
-            if self.cache
+            if self.cache is not None
             else [None] * len(prompts)
         )
         missing = sorted({p for p, v in zip(prompts, cached) if v is None})
@@ -120,7 +120,7 @@ class ContentEncoder:
         if missing:
             vecs = self._encode_uncached(missing, progress)
             self.last_stats.encoded = len(missing)
-            if self.cache:
+            if self.cache is not None:
                 self.cache.put_many(self.model_id, self.template, missing, vecs)
             computed = dict(zip(missing, vecs))
             if self.last_stats.truncated:
