@@ -22,7 +22,8 @@ def register_pages(app, worker: str) -> None:
 
     @app.page("/metrics")
     async def metrics(web, request):
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type (the text is UTF-8 either way)
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split("; charset")[0])
 
     @app.page("/counts")
     async def counts(web, request):
