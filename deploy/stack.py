@@ -25,6 +25,7 @@ from streams.topics import ensure_topics, topic_specs
 # name -> faust app module (each is its own consumer group and process)
 WORKERS = {
     "interactions": "streams.interaction_worker",
+    "encoder": "encoder.worker",
 }
 
 

@@ -1,0 +1,370 @@
+"""The encoder worker: `items` -> content embeddings (and item-tower vectors) in the vector store.
+
+Run it with `faust -A encoder.worker worker` (deploy/ does). The agent takes micro-batches of up to
+`encoder.batch_size` records or `encoder.flush_ms` and hands each to plain functions:
+
+1. `parse_batch` (pure): decode each record, build its prompt; the last record of an item id in the
+   batch wins; refused records become dead letters with their reason.
+2. `Pipeline.count_tokens` (in the executor): prompts longer than `encoder.max_tokens` are truncated;
+   each is recorded (row flag `truncated`, a notice on `items.dlq`, a counter).
+3. the dead letters are sent and their delivery awaited: a crash after this re-sends, never loses them.
+4. `Pipeline.write` (in the executor, so the event loop keeps heart-beating while the LLM runs): one
+   forward pass for the batch's cache misses (`ContentEncoder`), then upserts into `content` and, when
+   the registry has a current model version, the item tower's vectors into that version's collection;
+   tombstones delete the item from `content` and from every `items_<version>` collection.
+Only after `write` returns (rows durably in the store) does the agent ask for the next batch, which is
+when faust acks this batch's offsets for the next commit. A SIGKILL at any moment therefore at worst
+re-delivers records whose rows are already written, and primary-key upserts make that harmless.
+A store error is retried (with backoff) rather than raised, since raising would ack the batch.
+
+This process is the host of a milvus-lite vector store (see store/vectors.py): readers in other
+processes are served through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import hashlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client import Counter, Histogram
+
+from config import Settings, load_settings
+from encoder.content import ContentEncoder
+from encoder.prompt import build_prompt
+from store.registry import ModelRegistry, Version
+from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore, items_collection
+from streams.app import make_app, raw_topic
+from streams.metrics import BATCH_SIZE, DEAD_LETTERS, LATENCY, RECORDS, register_pages
+from streams.schemas import DeadLetter, RecordError, dead_letter, decode_item, encode
+
+log = logging.getLogger(__name__)
+
+WORKER = "encoder"
+CHARS_PER_TOKEN_CAP = 32  # prompts are cut to max_tokens * 32 characters before tokenizing (megabyte texts)
+MAX_DLQ_PAYLOAD = 4 * 1024 * 1024  # larger originals are cut in the dead letter (payload_bytes keeps the size)
+
+ITEMS_ENCODED = Counter("learn_encoder_items_encoded_total", "Item texts run through the LLM")
+CACHE_HITS = Counter("learn_encoder_cache_hits_total", "Item texts whose embedding came from the cache")
+TRUNCATED = Counter("learn_encoder_truncated_total", "Item texts cut at encoder.max_tokens")
+TOKENS = Counter("learn_encoder_tokens_total", "Tokens run through the LLM (after truncation)")
+STORE_RETRIES = Counter("learn_encoder_store_retries_total", "Batches whose write to the store was retried")
+ENCODE_SECONDS = Histogram(
+    "learn_encoder_encode_seconds", "Time of one batch's encode (cache lookups + forward pass)",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
+)  # fmt: skip
+WRITE_SECONDS = Histogram(
+    "learn_encoder_write_seconds", "Time of one batch's vector-store writes",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)  # fmt: skip
+FRESHNESS = Histogram(
+    "learn_encoder_freshness_seconds", "From an item record's event_time to the item being searchable",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+)  # fmt: skip
+
+
+# ---- parsing (pure) ------------------------------------------------------------------------------
+@dataclass
+class Pending:
+    """One item to (re-)encode."""
+
+    item_id: str
+    prompt: str
+    event_time: float
+    raw: bytes
+    partition: int | None = None
+    offset: int | None = None
+    key: bytes | None = None
+    cut: bool = False  # the prompt was cut by characters (megabyte text)
+
+    @property
+    def text_hash(self) -> str:
+        return hashlib.sha256(self.prompt.encode()).hexdigest()
+
+
+@dataclass
+class Batch:
+    upserts: dict[str, Pending] = field(default_factory=dict)
+    deletes: dict[str, float] = field(default_factory=dict)  # item id -> event time
+    rejected: list[DeadLetter] = field(default_factory=list)
+    superseded: int = 0  # records replaced by a later record of the same item in the batch
+
+
+def parse_batch(events, settings: Settings) -> Batch:
+    """Decode a batch of faust events into upserts, deletes (last record per item wins) and dead letters."""
+    topic = settings.topics.items
+    max_chars = settings.encoder.max_tokens * CHARS_PER_TOKEN_CAP
+    batch = Batch()
+    for ev in events:
+        m = ev.message
+        try:
+            rec = decode_item(ev.value)
+            prompt = "" if rec.deleted else build_prompt(rec.text_fields(), settings.encoder.template)
+            if not rec.deleted and not prompt:
+                raise RecordError(f"no text for the template: fields {sorted(rec.text_fields())} fill none of it")
+        except RecordError as e:
+            batch.rejected.append(dead_letter(_cap(ev.value), e, topic, m.partition, m.offset, ev.key))
+            continue
+        if rec.item_id in batch.upserts or rec.item_id in batch.deletes:
+            batch.superseded += 1
+        batch.upserts.pop(rec.item_id, None)
+        batch.deletes.pop(rec.item_id, None)
+        if rec.deleted:
+            batch.deletes[rec.item_id] = rec.event_time
+        else:
+            batch.upserts[rec.item_id] = Pending(rec.item_id, prompt[:max_chars], rec.event_time, ev.value,
+                                                 m.partition, m.offset, ev.key, cut=len(prompt) > max_chars)  # fmt: skip
+    return batch
+
+
+def _cap(raw: bytes) -> bytes:
+    return raw if len(raw) <= MAX_DLQ_PAYLOAD else raw[:MAX_DLQ_PAYLOAD]
+
+
+def truncation_letter(p: Pending, n_tokens: int, settings: Settings) -> DeadLetter:
+    """The notice for an item that was encoded from its first max_tokens tokens only."""
+    m = settings.encoder.max_tokens
+    size = f"at least {n_tokens}" if p.cut else str(n_tokens)
+    e = RecordError(f"truncated: the prompt has {size} tokens, over encoder.max_tokens={m}; "
+                    f"the item was encoded from its first {m} tokens and is searchable")  # fmt: skip
+    letter = dead_letter(_cap(p.raw), e, settings.topics.items, p.partition, p.offset, p.key)
+    return letter.model_copy(update={"payload_bytes": len(p.raw)})
+
+
+# ---- the work (blocking; runs in the executor) -----------------------------------------------
+@dataclass
+class WriteResult:
+    encoded: int = 0
+    cache_hits: int = 0
+    upserted: int = 0
+    deleted: int = 0
+    tokens: int = 0
+    encode_s: float = 0.0
+    write_s: float = 0.0
+    version: str | None = None
+    failed: list[tuple[Pending, str]] = field(default_factory=list)  # items the encoder refused
+
+
+class ItemTower:
+    """The current model version's TorchScript item tower, reloaded when the registry's CURRENT changes."""
+
+    def __init__(self, registry: ModelRegistry):
+        self.registry = registry
+        self.version: Version | None = None
+        self.module = None
+        self._mtime = -1.0
+
+    def refresh(self) -> bool:
+        """Follow CURRENT; True when the version changed (a new collection to fill)."""
+        mtime = self.registry.pointer_mtime()
+        if mtime == self._mtime:
+            return False
+        import torch
+
+        current = self.registry.current()
+        self._mtime = mtime
+        if current is None or (self.version and current.name == self.version.name):
+            return False
+        self.module = torch.jit.load(str(current.item_tower_path), map_location="cpu").eval()
+        self.version = current
+        log.info("item tower of model version %s loaded", current.name)
+        return True
+
+    def __call__(self, content: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32)))  # (N, d_out)
+        return out.float().cpu().numpy()
+
+
+class Pipeline:
+    """The encoder, the vector store and the item tower of one worker process."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.encoder = ContentEncoder(settings.encoder, settings.models_path, settings.cache_path)
+        self.store = VectorStore(settings.vector_uri, settings.vectors.token)
+        self.tower = ItemTower(ModelRegistry(settings.registry_path))
+
+    def warm_up(self) -> None:
+        """Load the model and open the store before the first record, so it waits for neither."""
+        self.store.open()
+        self.store.ensure_collection(CONTENT, self.encoder.dim)
+        self.follow_registry()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        tok = self.encoder.llm.tokenizer
+        return [len(x) for x in tok(prompts, add_special_tokens=True, truncation=False)["input_ids"]]
+
+    def follow_registry(self) -> None:
+        """Pick up a newly promoted version; fill its collection with the items it lacks."""
+        if not self.tower.refresh():
+            return
+        name = self.tower.version.collection
+        have = set(self.store.ids(name)) if self.store.has(name) else set()
+        missing = [i for i in self.store.ids(CONTENT) if i not in have]
+        for start in range(0, len(missing), 512):
+            rows = list(self.store.get(CONTENT, missing[start : start + 512], with_vectors=True).values())
+            if rows:
+                self._upsert_items([r.item_id for r in rows], np.stack([r.vector for r in rows]),
+                                   [r.text_hash for r in rows], [r.event_time for r in rows],
+                                   [r.truncated for r in rows])  # fmt: skip
+        log.info("model version %s: %d items added to %s", self.tower.version.name, len(missing), name)
+
+    def _upsert_items(self, ids, content, hashes, times, truncated) -> None:
+        if not ids:
+            return
+        vecs = self.tower(content)
+        name = self.tower.version.collection
+        self.store.ensure_collection(name, vecs.shape[1])
+        self.store.upsert(name, ids, vecs, hashes, f"{self.tower.version.name}|{self.encoder.model_id}",
+                          times, truncated)  # fmt: skip
+
+    def _encode(self, pending: list[Pending], result: WriteResult) -> tuple[list[Pending], np.ndarray]:
+        """One forward pass for the batch; if it fails, item by item, refusing the ones that fail."""
+        prompts = [p.prompt for p in pending]
+        try:
+            vecs = self.encoder.encode(prompts)
+            result.encoded += self.encoder.last_stats.encoded
+            result.cache_hits += self.encoder.last_stats.cache_hits
+            return pending, vecs
+        except Exception:  # noqa: BLE001 - a poison text must not stop the worker
+            log.exception("batch encode failed: encoding its %d items one by one", len(pending))
+        ok, vecs = [], []
+        for p in pending:
+            try:
+                vecs.append(self.encoder.encode([p.prompt])[0])
+                ok.append(p)
+                result.encoded += self.encoder.last_stats.encoded
+                result.cache_hits += self.encoder.last_stats.cache_hits
+            except Exception as e:  # noqa: BLE001
+                result.failed.append((p, f"encoder error: {type(e).__name__}: {e}"))
+        return ok, np.stack(vecs) if vecs else np.zeros((0, self.encoder.dim), np.float32)
+
+    def write(self, batch: Batch, truncated: set[str], n_tokens: dict[str, int]) -> WriteResult:
+        result = WriteResult()
+        self.follow_registry()
+        t0 = time.perf_counter()
+        pending, content = self._encode(list(batch.upserts.values()), result)
+        result.encode_s = time.perf_counter() - t0
+        result.tokens = sum(min(n_tokens.get(p.item_id, 0), self.settings.encoder.max_tokens) for p in pending)
+
+        t1 = time.perf_counter()
+        if pending:
+            ids = [p.item_id for p in pending]
+            hashes = [p.text_hash for p in pending]
+            times = [p.event_time for p in pending]
+            cut = [p.item_id in truncated for p in pending]
+            self.store.ensure_collection(CONTENT, content.shape[1])
+            self.store.upsert(CONTENT, ids, content, hashes, self.encoder.model_id, times, cut)
+            if self.tower.version is not None:
+                self._upsert_items(ids, content, hashes, times, cut)
+            result.upserted = len(pending)
+        if batch.deletes:
+            for name in self.store.collections():
+                if name == CONTENT or name.startswith(ITEMS_PREFIX):
+                    self.store.delete(name, batch.deletes)
+            result.deleted = len(batch.deletes)
+        result.write_s = time.perf_counter() - t1
+        result.version = self.tower.version.name if self.tower.version else None
+        return result
+
+
+# ---- the faust app ---------------------------------------------------------------------------
+settings = load_settings()
+app = make_app(WORKER, settings)
+app.conf.producer_max_request_size = 16 * 1024 * 1024  # dead letters carry megabyte payloads
+items = raw_topic(app, settings.topics.items)
+dead_letters = raw_topic(app, settings.topics.items_dlq)
+register_pages(app, WORKER)
+pipeline = Pipeline(settings)
+executor = ThreadPoolExecutor(1, thread_name_prefix="encoder")  # one batch at a time, in order
+atexit.register(pipeline.close)
+
+
+async def in_executor(fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+
+async def send_dead_letters(letters: list[DeadLetter]) -> None:
+    """Send and wait for the broker's ack of each."""
+    futures = [await dead_letters.send(key=x.key.encode() if x.key else None, value=encode(x)) for x in letters]
+    for fut in futures:
+        await fut
+    DEAD_LETTERS.labels(WORKER).inc(len(letters))
+
+
+async def write_until_done(batch: Batch, truncated: set[str], n_tokens: dict[str, int]) -> WriteResult:
+    """Write the batch; retry on errors (raising would ack records whose rows were never written)."""
+    delay = 0.5
+    while True:
+        try:
+            return await in_executor(pipeline.write, batch, truncated, n_tokens)
+        except Exception:  # noqa: BLE001
+            STORE_RETRIES.inc()
+            log.exception("writing a batch of %d items failed: retrying in %.1fs", len(batch.upserts), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+async def handle_batch(events) -> None:
+    batch = parse_batch(events, settings)
+    prompts = [p.prompt for p in batch.upserts.values()]
+    n_tokens = dict(zip(batch.upserts, await in_executor(pipeline.count_tokens, prompts))) if prompts else {}
+    max_tokens = settings.encoder.max_tokens
+    over = [p for p in batch.upserts.values() if p.cut or n_tokens[p.item_id] > max_tokens]
+    notices = [truncation_letter(p, n_tokens[p.item_id], settings) for p in over]
+    if batch.rejected or notices:  # dead letters first: a crash after this re-sends, never loses them
+        await send_dead_letters(batch.rejected + notices)
+    result = await write_until_done(batch, {p.item_id for p in over}, n_tokens)
+    if result.failed:
+        await send_dead_letters([dead_letter(_cap(p.raw), RecordError(reason), settings.topics.items, p.partition,
+                                             p.offset, p.key) for p, reason in result.failed])  # fmt: skip
+    record_metrics(events, batch, result, len(over))
+
+
+def record_metrics(events, batch: Batch, result: WriteResult, truncated: int) -> None:
+    now = time.time()
+    # Each record has one outcome: upserted after an LLM pass or from the cache, deleted, replaced by a
+    # later record of the same item in its batch, or refused. (Truncation notices are dead letters too.)
+    outcomes = {"encoded": result.upserted - result.cache_hits, "cache_hit": result.cache_hits,
+                "deleted": result.deleted, "superseded": batch.superseded,
+                "dead_lettered": len(batch.rejected) + len(result.failed)}  # fmt: skip
+    for outcome, n in outcomes.items():
+        if n:
+            RECORDS.labels(WORKER, outcome).inc(n)
+    ITEMS_ENCODED.inc(result.encoded)
+    CACHE_HITS.inc(result.cache_hits)
+    TRUNCATED.inc(truncated)
+    TOKENS.inc(result.tokens)
+    BATCH_SIZE.labels(WORKER).observe(len(events))
+    ENCODE_SECONDS.observe(result.encode_s)
+    WRITE_SECONDS.observe(result.write_s)
+    for ev in events:
+        LATENCY.labels(WORKER).observe(max(0.0, now - ev.message.timestamp / 1000))
+    for t in [p.event_time for p in batch.upserts.values()] + list(batch.deletes.values()):
+        FRESHNESS.observe(max(0.0, now - t))
+
+
+@app.agent(items)
+async def encode_items(stream):
+    within = settings.encoder.flush_ms / 1000
+    async for events in stream.take_events(settings.encoder.batch_size, within=within):
+        await handle_batch(events)
+
+
+@app.task
+async def warm_up() -> None:
+    try:
+        await in_executor(pipeline.warm_up)
+    except Exception:  # noqa: BLE001 - the first batch retries
+        log.exception("warm-up failed")
