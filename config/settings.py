@@ -103,6 +103,7 @@ class ModelSettings(BaseModel):
     whiten_dim: int = 0  # keep this many principal components when whitening (0: all)
     max_seq_len: int = 50
     target_window: int = 5
+    max_negatives: int = 1024  # in-batch negatives per anchor, sampled when a batch has more
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 256

@@ -91,5 +91,27 @@ def demo(
     raise typer.Exit(0 if report.ok else 1)
 
 
+@app.command()
+def train(
+    dataset: str = typer.Option("amazon-scientific-unisrec", help="amazon-scientific-unisrec | amazon-scientific-lcrec"),
+    encoder: Optional[str] = typer.Option(None, help="smollm2 | minilm | a local HF path (default: settings)."),
+    item_tower: Optional[str] = typer.Option(None, help="LEARN item tower: a | b | c (default: settings)."),
+    model: str = typer.Option("learn", help="learn | zero-training | popularity"),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default: settings.model.seed)."),
+    users: Optional[int] = typer.Option(None, help="Train/evaluate on a random subset of N users."),
+    loss: Optional[str] = typer.Option(None, help="dense_all_action | in_batch | full_softmax"),
+    whiten: Optional[bool] = typer.Option(None, "--whiten/--no-whiten", help="Whiten content embeddings."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping on valid NDCG@10)."),
+    run_dir: Optional[Path] = typer.Option(None, help="Output dir (default: runs/train-<model>-<time>)."),
+    data_dir: Optional[Path] = DataDir,
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Offline LEARN on real data: encode items (cached), train the twin towers, evaluate (results.json, curve.png)."""
+    from trainer.offline import train_cli
+
+    train_cli(_settings(data_dir), dataset, encoder, item_tower, model, seed, users, loss, whiten, epochs,
+              run_dir, progress)  # fmt: skip
+
+
 if __name__ == "__main__":
     app()

@@ -26,15 +26,32 @@ import torch.nn.functional as F
 NEG_INF = float("-inf")
 
 
+def _negative_pool(M: int, max_negatives: int | None, device) -> torch.Tensor:
+    """Column indices of the in-batch negatives: all anchors, or a random subset of max_negatives
+    (a batch of long sequences has tens of thousands of anchors; M x M logits would not fit)."""
+    if max_negatives is None or M <= max_negatives:
+        return torch.arange(M, device=device)
+    return torch.randperm(M, device=device)[:max_negatives]
+
+
 def in_batch_softmax(
-    user: torch.Tensor, pos: torch.Tensor, pos_ids: torch.Tensor, temperature: float
+    user: torch.Tensor,
+    pos: torch.Tensor,
+    pos_ids: torch.Tensor,
+    temperature: float,
+    max_negatives: int | None = None,
 ) -> torch.Tensor:
-    """user (M, d), pos (M, d), pos_ids (M,) -> scalar. Row i's positive is column i."""
-    logits = user @ pos.T / temperature  # (M, M)
-    dup = pos_ids.view(-1, 1) == pos_ids.view(1, -1)  # (M, M) same item
-    dup.fill_diagonal_(False)
-    logits = logits.masked_fill(dup, NEG_INF)
-    return F.cross_entropy(logits, torch.arange(len(user), device=user.device))
+    """user (M, d), pos (M, d), pos_ids (M,) -> scalar. Row i's positive is pos[i]; its negatives are
+    the other rows' positives (a random pool of max_negatives of them when M is larger)."""
+    M = len(user)
+    pool = _negative_pool(M, max_negatives, user.device)  # (K,)
+    pos_logit = (user * pos).sum(-1, keepdim=True) / temperature  # (M, 1)
+    neg = user @ pos[pool].T / temperature  # (M, K)
+    same = pool.view(1, -1) == torch.arange(M, device=user.device).view(-1, 1)  # the row itself
+    dup = pos_ids[pool].view(1, -1) == pos_ids.view(-1, 1)  # (M, K) the same item as the positive
+    neg = neg.masked_fill(same | dup, NEG_INF)
+    logits = torch.cat([pos_logit, neg], 1)
+    return F.cross_entropy(logits, torch.zeros(M, dtype=torch.long, device=user.device))
 
 
 def history_mask(
@@ -76,28 +93,32 @@ def dense_all_action(
     window_ids: torch.Tensor,
     temperature: float,
     groups: torch.Tensor | None = None,
+    max_negatives: int | None = None,
 ) -> torch.Tensor:
     """user (M, d); window (M, W, d) item vectors of each anchor's next W items; window_ids (M, W)
     item ids, -1 where the window runs past the sequence's end; groups (M,) user index per anchor.
-    -> scalar, the mean cross-entropy over all valid (anchor, slot) pairs."""
+    -> scalar, the mean cross-entropy over all valid (anchor, slot) pairs. Negatives for slot k are
+    the slot-k vectors of the other anchors (a random pool of max_negatives of them when M is larger)."""
     M, W, _ = window.shape
+    rows = torch.arange(M, device=user.device)
+    pool = _negative_pool(M, max_negatives, user.device)  # (K,)
+    masked = pool.view(1, -1) == rows.view(-1, 1)  # (M, K) the row itself
+    if groups is not None:
+        masked = masked | (groups[pool].view(1, -1) == groups.view(-1, 1))  # same user
     total = user.new_zeros(())
     count = 0
-    eye = torch.eye(M, dtype=torch.bool, device=user.device)
-    same_user = (groups.view(-1, 1) == groups.view(1, -1)) if groups is not None else None
     for k in range(W):
-        valid = window_ids[:, k] >= 0  # (M,)
+        valid = window_ids[:, k] >= 0  # (M,) rows with a positive at slot k
         if not bool(valid.any()):
             continue
-        logits = user @ window[:, k].T / temperature  # (M, M)
-        # column j's slot-k item is one of row i's own window items, or column j has no item there
-        in_own_window = (window_ids[:, k].view(1, M, 1) == window_ids.view(M, 1, W)).any(-1)  # (M, M)
-        mask = in_own_window | ~valid.view(1, M)
-        if same_user is not None:
-            mask = mask | same_user
-        mask = mask & ~eye
-        logits = logits.masked_fill(mask, NEG_INF)[valid]  # rows with a positive at slot k
-        target = torch.arange(M, device=user.device)[valid]
+        col_ids = window_ids[pool, k]  # (K,)
+        # column carries one of the row's own window items, or has no item at slot k
+        in_own_window = (col_ids.view(1, -1, 1) == window_ids.view(M, 1, W)).any(-1)  # (M, K)
+        mask = masked | in_own_window | (col_ids < 0).view(1, -1)
+        pos_logit = (user * window[:, k]).sum(-1, keepdim=True) / temperature  # (M, 1)
+        neg = (user @ window[pool, k].T / temperature).masked_fill(mask, NEG_INF)  # (M, K)
+        logits = torch.cat([pos_logit, neg], 1)[valid]
+        target = torch.zeros(len(logits), dtype=torch.long, device=user.device)
         total = total + F.cross_entropy(logits, target, reduction="sum")
         count += int(valid.sum())
     return total / max(count, 1)

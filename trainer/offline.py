@@ -113,7 +113,7 @@ def tower_config(ms: ModelSettings, n_items: int, d_llm: int) -> TowerConfig:
         n_items=n_items, d_llm=d_llm, d_model=ms.d_model, n_layers=ms.n_layers, n_heads=ms.n_heads,
         d_out=ms.d_out, dropout=ms.dropout, max_seq_len=ms.max_seq_len, item_tower=ms.item_tower,
         use_id_embedding=ms.use_id_embedding, loss=ms.loss, temperature=ms.temperature,
-        target_window=ms.target_window,
+        target_window=ms.target_window, max_negatives=ms.max_negatives,
     )  # fmt: skip
 
 
@@ -128,6 +128,19 @@ def model_scorer(model: LEARN, max_len: int):
         return model.full_sort_predict({"item_seq": seq, "item_seq_len": lens}, items)
 
     return scores
+
+
+def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random, pool: int = 50):
+    """Shuffled batches of indices whose sequences have similar lengths (less padding): shuffle,
+    sort each pool of `pool` batches by length, cut into batches, shuffle the batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    for i in range(0, len(order), batch_size * pool):
+        chunk = sorted(order[i : i + batch_size * pool], key=lambda j: lengths[j])
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 @dataclass
@@ -151,22 +164,23 @@ def train_model(
     opt = torch.optim.AdamW(model.parameters(), lr=ms.lr, weight_decay=ms.weight_decay)
     seqs = [s for s in data.train if len(s) >= 2]
     rng = random.Random(ms.seed)
+    # metrics are means over users: evaluate in length order so each batch pads little
+    valid_examples = sorted(data.valid, key=lambda e: len(e[0]))
+    test_examples = sorted(data.test, key=lambda e: len(e[0]))
     best, best_state, best_epoch, bad, curve = -1.0, None, -1, 0, []
     bar = tqdm(range(1, ms.max_epochs + 1), desc=f"train learn-{ms.item_tower}", disable=not progress)
     for epoch in bar:
         model.train()
-        order = list(range(len(seqs)))
-        rng.shuffle(order)
         total, n = 0.0, 0
-        for i in range(0, len(order), ms.batch_size):
-            seq, lens = pad_sequences([seqs[j] for j in order[i : i + ms.batch_size]], model.pad_id, ms.max_seq_len)
+        for batch in length_bucketed_batches([len(x) for x in seqs], ms.batch_size, rng):
+            seq, lens = pad_sequences([seqs[j] for j in batch], model.pad_id, ms.max_seq_len)
             loss = model.calculate_loss({"item_seq": seq, "item_seq_len": lens})
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            total, n = total + float(loss), n + 1
-        valid = evaluate_examples(model_scorer(model, ms.max_seq_len), data.valid)
+            total, n = total + loss.item(), n + 1
+        valid = evaluate_examples(model_scorer(model, ms.max_seq_len), valid_examples)
         curve.append({"epoch": epoch, "loss": total / max(n, 1), **{f"valid_{k}": v for k, v in valid.items()}})
         if valid["ndcg@10"] > best:
             best, best_epoch, bad = valid["ndcg@10"], epoch, 0
@@ -180,8 +194,8 @@ def train_model(
             break
     model.load_state_dict(best_state)
     scorer = model_scorer(model, ms.max_seq_len)
-    valid = evaluate_examples(scorer, data.valid)
-    test = evaluate_examples(scorer, data.test)
+    valid = evaluate_examples(scorer, valid_examples)
+    test = evaluate_examples(scorer, test_examples)
     return TrainOutcome(model, best_epoch, curve, valid, test, time.perf_counter() - t0)
 
 
@@ -266,3 +280,38 @@ def run_train(
     result["config"] = {"model": ms.model_dump(), "encoder": enc.model_dump()}
     (run_dir / "results.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def train_cli(
+    settings: Settings,
+    dataset: str,
+    encoder: str | None = None,
+    item_tower: str | None = None,
+    model: str = "learn",
+    seed: int | None = None,
+    users: int | None = None,
+    loss: str | None = None,
+    whiten: bool | None = None,
+    epochs: int | None = None,
+    run_dir: Path | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> dict:
+    """`learn train`: command-line options override the settings for this one run, then run_train.
+    Prints a short summary; the full record is <run_dir>/results.json."""
+    overrides = {"item_tower": item_tower, "seed": seed, "loss": loss, "whiten": whiten, "max_epochs": epochs}
+    ms = settings.model.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    ms = ModelSettings.model_validate(ms.model_dump())  # re-validate the overridden values
+    enc = settings.encoder.model_copy(update={"model": encoder} if encoder else {})
+    s = settings.model_copy(update={"model": ms, "encoder": enc})
+    tag = f"{model}-{ms.item_tower}" if model == "learn" else model
+    run_dir = Path(run_dir or Path("runs") / time.strftime(f"train-{tag}-%Y%m%d-%H%M%S"))
+    res = run_train(s, dataset, run_dir, users=users, model=model, progress=progress, threads=threads)
+    m, b = res["metrics"], res["baselines"]
+    print(f"{res['model']} ({res['encoder']}) on {dataset}, {res['users']} users, seed {res['seed']}: "
+          f"test NDCG@10 {m['ndcg@10']:.4f} Recall@10 {m['recall@10']:.4f} NDCG@50 {m['ndcg@50']:.4f} "
+          f"MRR {m['mrr']:.4f} | valid NDCG@10 {res['valid_metrics']['ndcg@10']:.4f}")  # fmt: skip
+    for name, v in b.items():
+        print(f"  baseline {name}: test NDCG@10 {v['test']['ndcg@10']:.4f} (valid {v['valid']['ndcg@10']:.4f})")
+    print(f"  {res['seconds']:.0f} s, peak RSS {res['peak_rss_mb']:.0f} MB -> {run_dir}/results.json")
+    return res

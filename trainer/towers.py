@@ -46,6 +46,7 @@ class TowerConfig:
     loss: str = "dense_all_action"  # dense_all_action | in_batch | full_softmax
     temperature: float = 0.07
     target_window: int = 5
+    max_negatives: int = 1024  # in-batch negatives per anchor (a random pool when the batch has more)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -214,8 +215,10 @@ class LEARN(nn.Module):
             return losses.full_softmax(user, items, window_ids[:, 0], cfg.temperature, exclude)
         window = self.window_vectors(window_ids)  # (M, W, d_out)
         if cfg.loss == "in_batch":
-            return losses.in_batch_softmax(user, window[:, 0], window_ids[:, 0], cfg.temperature)
-        return losses.dense_all_action(user, window, window_ids, cfg.temperature, groups=anchors[:, 0])
+            return losses.in_batch_softmax(user, window[:, 0], window_ids[:, 0], cfg.temperature, cfg.max_negatives)
+        return losses.dense_all_action(
+            user, window, window_ids, cfg.temperature, groups=anchors[:, 0], max_negatives=cfg.max_negatives
+        )
 
     def predict(self, batch: dict) -> torch.Tensor:
         """(B,) cosine scores of batch["test_item"] for each user."""
