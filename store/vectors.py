@@ -47,6 +47,9 @@ ITEMS_PREFIX = "items_"
 ENDPOINT_FILE = "ENDPOINT"
 MAX_ID_BYTES = 512  # ids are <= 128 characters (streams/schemas.py); UTF-8 needs up to 4 bytes each
 PAGE = 4096  # rows per page when listing ids (Milvus caps query results at 16384)
+# pymilvus pings every 10 s; the loopback host's grpc server answers an idle client's pings with
+# GOAWAY "too_many_pings" after a while, which fails the next call. Loopback needs no keepalive.
+LOOPBACK_GRPC = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
 
 
 def items_collection(version: str) -> str:
@@ -74,6 +77,12 @@ class StoreUnavailable(RuntimeError):
 def _is_connection_error(e: Exception) -> bool:
     text = f"{type(e).__name__} {e}".lower()
     return any(s in text for s in ("unavailable", "connect", "deadline", "socket closed", "channel"))
+
+
+def _quiet_unimplemented(record: logging.LogRecord) -> bool:
+    """milvus-lite lacks AllocTimestamp, which pymilvus calls (and survives) after creating an index:
+    drop the server's traceback for it."""
+    return "Method not implemented" not in record.getMessage() and "AllocTimestamp" not in str(record.exc_info)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -123,7 +132,7 @@ class VectorStore:
                 endpoint, mode = self._read_endpoint(path), "guest"
             if endpoint:
                 try:
-                    self._client = MilvusClient(uri=endpoint, timeout=5.0)
+                    self._client = MilvusClient(uri=endpoint, timeout=5.0, grpc_options=LOOPBACK_GRPC)
                     names = self._client.list_collections()
                     if mode == "host":  # milvus-lite re-opens collections released: load them
                         for name in names:
@@ -150,6 +159,7 @@ class VectorStore:
         except DataDirLockedError:
             return None
         self._server = (server, db)
+        logging.getLogger("grpc._server").addFilter(_quiet_unimplemented)
         endpoint = f"http://127.0.0.1:{port}"
         tmp = path / f".{ENDPOINT_FILE}.tmp-{os.getpid()}"
         tmp.write_text(json.dumps({"uri": endpoint, "pid": os.getpid()}))
