@@ -71,6 +71,10 @@ class EncoderSettings(BaseModel):
     device: str = "auto"  # auto | cpu | cuda
     # Micro-batching of the streaming worker: flush at `batch_size` records or after this many ms.
     flush_ms: int = 200
+    # torch intra-op threads for the encoder worker and bench/encoder.py (0: torch's default, all cores).
+    # Measured on the shared 2-core machine: SmolLM2, 32 texts: 1.1 s with 1 thread, 7.8 s with 2
+    # (other processes busy the cores, and the second thread's waits dominate).
+    threads: int = 1
 
 
 class StateSettings(BaseModel):
