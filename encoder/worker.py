@@ -188,6 +188,10 @@ class Pipeline:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        if settings.encoder.threads > 0:
+            import torch
+
+            torch.set_num_threads(settings.encoder.threads)
         self.encoder = ContentEncoder(settings.encoder, settings.models_path, settings.cache_path)
         self.store = VectorStore(settings.vector_uri, settings.vectors.token)
         self.tower = ItemTower(ModelRegistry(settings.registry_path))

@@ -1,0 +1,299 @@
+"""Benchmark of issue 4: the content encoder alone (batched vs naive) and the encoder worker end to end.
+
+    python -m bench.encoder                      # SmolLM2 (settings default), writes bench/results/encoder.json
+    python -m bench.encoder --model minilm --synthetic 100000   # adds the synthetic-catalogue run
+
+1. Encoder alone, embedding cache bypassed, on a seeded sample of the Scientific catalogue's prompts:
+   the batched, length-bucketed path (`ContentEncoder.encode`) at several batch sizes, against a naive
+   loop over the same texts (one text per forward pass, padded to max_tokens), in the same run.
+2. Worker end to end, with a fresh data dir (cold cache, empty vector store) and a promoted model
+   version (a random-projection item tower, so "searchable" means in the current version's
+   collection): all 4,385 item texts produced to a real broker; items/s until all are written.
+3. Freshness: new items produced at a steady rate (5/s); produce time (= event_time) -> the item is
+   found by a reader of the vector store (a guest process polling every 50 ms).
+Every figure comes from the run. The machine's CPU is shared with other jobs: see `cpu_note`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from config import Settings, load_settings
+from deploy.broker import free_port
+from deploy.stack import Stack
+from encoder.content import ContentEncoder
+from encoder.llm import load_llm
+from encoder.pooling import l2_normalize, mean_pool
+from encoder.prompt import build_prompt
+from store.registry import ModelRegistry
+from store.vectors import VectorStore
+from streams.datasets import read_unisrec
+from streams.producer import EventProducer
+from streams.replay import item_records
+from streams.schemas import ItemRecord
+
+RESULTS = Path(__file__).resolve().parent / "results" / "encoder.json"
+
+
+def catalogue(settings: Settings) -> list[ItemRecord]:
+    return item_records(read_unisrec(settings.shared_data_dir), time.time())
+
+
+def prompt_of(rec: ItemRecord, settings: Settings) -> str:
+    return build_prompt(rec.text_fields(), settings.encoder.template)
+
+
+# ---- 1. the encoder alone ------------------------------------------------------------------------
+def naive_encode(llm, prompts: list[str], max_tokens: int) -> np.ndarray:
+    """One text per forward pass, always padded to max_tokens: what a first attempt looks like."""
+    out = []
+    with torch.inference_mode():
+        for p in prompts:
+            enc = llm.tokenizer([p], padding="max_length", truncation=True, max_length=max_tokens,
+                                return_tensors="pt").to(llm.device)  # fmt: skip
+            hidden = llm.model(**enc).last_hidden_state  # (1, max_tokens, d)
+            out.append(l2_normalize(mean_pool(hidden.float(), enc["attention_mask"]))[0].cpu().numpy())
+    return np.stack(out)
+
+
+def bench_encoder(settings: Settings, prompts: list[str], batch_sizes: list[int]) -> dict:
+    llm = load_llm(settings.encoder.model, settings.models_path, settings.encoder.device)
+    lengths = [min(len(x), settings.encoder.max_tokens) for x in llm.tokenizer(prompts)["input_ids"]]
+    tokens = int(sum(lengths))
+    warm = ContentEncoder(settings.encoder, settings.models_path, cache=None, llm=llm)
+    warm.encode(prompts[:8])
+    per_batch = {}
+    batched_vecs = None
+    for b in batch_sizes:
+        enc = ContentEncoder(settings.encoder.model_copy(update={"batch_size": b}), settings.models_path,
+                             cache=None, llm=llm)  # fmt: skip
+        t = time.perf_counter()
+        vecs = enc.encode(prompts)
+        s = time.perf_counter() - t
+        per_batch[str(b)] = {"items_per_s": len(prompts) / s, "tokens_per_s": tokens / s, "seconds": s}
+        print(f"  batched, batch {b:3d}: {len(prompts) / s:7.1f} items/s  {tokens / s:8.0f} tokens/s", flush=True)
+        if b == settings.encoder.batch_size:
+            batched_vecs = vecs
+    t = time.perf_counter()
+    naive_vecs = naive_encode(llm, prompts, settings.encoder.max_tokens)
+    s = time.perf_counter() - t
+    naive = {"items_per_s": len(prompts) / s, "tokens_per_s": tokens / s, "seconds": s}
+    print(f"  naive (1 text, padded to {settings.encoder.max_tokens}): {naive['items_per_s']:7.1f} items/s", flush=True)
+    diff = float(np.abs(naive_vecs - batched_vecs).max()) if batched_vecs is not None else None
+    return {"per_batch_size": per_batch, "naive": naive, "tokens": tokens, "mean_tokens": tokens / len(prompts),
+            "naive_vs_batched_max_abs_diff": diff, "hidden_size": llm.hidden_size, "device": str(llm.device)}  # fmt: skip
+
+
+# ---- 2 and 3. the worker end to end --------------------------------------------------------------
+class Projection(torch.nn.Module):
+    def __init__(self, d_in: int, d_out: int = 64):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(d_in, d_out, generator=torch.Generator().manual_seed(0)) / d_in**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w  # (N, d_in) -> (N, d_out)
+
+
+def publish_random_tower(settings: Settings, d_in: int) -> str:
+    reg = ModelRegistry(settings.registry_path)
+    name = reg.next_name()
+    path = reg.stage(name)
+    torch.jit.script(Projection(d_in)).save(str(path / "item_tower.pt"))
+    (path / "weights.safetensors").write_bytes(b"")
+    (path / "config.json").write_text(json.dumps({"bench": "random projection item tower"}))
+    reg.commit_version(name)
+    reg.promote(name)
+    return reg.get(name).collection
+
+
+def written(port: int) -> int:
+    c = httpx.get(f"http://127.0.0.1:{port}/counts", timeout=5).json()
+    return c.get("encoded", 0) + c.get("cache_hit", 0)
+
+
+def wait_written(port: int, n: int, timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    while written(port) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"worker wrote {written(port)} of {n} items within {timeout_s}s")
+        time.sleep(0.25)
+    return time.perf_counter()
+
+
+def bench_worker(settings: Settings, recs: list[ItemRecord], d_llm: int, fresh_n: int, fresh_rate: float) -> dict:
+    collection = publish_random_tower(settings, d_llm)
+    port = free_port()
+    out: dict = {"collection": collection}
+    with Stack(settings, settings.data_dir / "run") as stack:
+        stack.start_broker()
+        stack.create_topics()
+        stack.start_worker("encoder", port)
+        with EventProducer(settings) as p:  # one item first: the worker has loaded its model after it
+            p.send_item(ItemRecord(item_id="warm-up", title="warm-up item", event_time=time.time()))
+        wait_written(port, 1, 300)
+
+        t0 = time.perf_counter()
+        with EventProducer(settings) as p:
+            for r in recs:
+                p.send_item(r)
+        produced = time.perf_counter() - t0
+        t1 = wait_written(port, 1 + len(recs), 6 * 3600)
+        seconds = t1 - t0
+        with VectorStore(settings.vector_uri) as store:
+            out["searchable"] = store.count(collection) - 1
+        out.update(items=len(recs), seconds=seconds, produce_seconds=produced, items_per_s=len(recs) / seconds)
+        print(f"  worker: {len(recs)} items in {seconds:.1f}s = {len(recs) / seconds:.1f} items/s "
+              f"({out['searchable']} searchable)", flush=True)  # fmt: skip
+        if fresh_n:
+            out["freshness"] = freshness(settings, recs, collection, fresh_n, fresh_rate)
+    return out
+
+
+def freshness(settings: Settings, recs: list[ItemRecord], collection: str, n: int, rate: float) -> dict:
+    """Produce `n` new items at `rate`/s; a reader polls the store; latency = found - event_time."""
+    rng = random.Random(1)
+    sources = rng.sample(recs, n)
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    with EventProducer(settings) as p, VectorStore(settings.vector_uri) as store:
+        start = time.time()
+        k = 0
+        while len(seen) < n and time.time() - start < n / rate + 60:
+            now = time.time()
+            while k < n and now >= start + k / rate:  # the steady producer
+                src = sources[k]
+                rec = src.model_copy(update={"item_id": f"fresh-{k}", "event_time": time.time(),
+                                             "title": f"New {k}: {src.title}"})  # fmt: skip
+                p.send_item(rec)
+                p.flush()
+                sent[rec.item_id] = rec.event_time
+                k += 1
+            pending = [i for i in sent if i not in seen]
+            if pending:
+                found = store.get(collection, pending)
+                t = time.time()
+                for i in found:
+                    seen[i] = t
+            time.sleep(0.05)
+    lat = np.array([seen[i] - sent[i] for i in seen])
+    res = {"items": n, "rate_per_s": rate, "found": len(seen), "poll_interval_s": 0.05,
+           "p50_s": float(np.percentile(lat, 50)), "p99_s": float(np.percentile(lat, 99)),
+           "max_s": float(lat.max()), "mean_s": float(lat.mean())}  # fmt: skip
+    print(f"  freshness at {rate}/s: p50 {res['p50_s']:.3f}s  p99 {res['p99_s']:.3f}s  ({len(seen)}/{n} found)")
+    return res
+
+
+def synthetic(recs: list[ItemRecord], n: int, seed: int = 0) -> list[ItemRecord]:
+    """A catalogue of `n` items made from the real ones: real texts with a variant suffix (unique prompts)."""
+    rng = random.Random(seed)
+    out = []
+    for k in range(n):
+        src = recs[k % len(recs)]
+        variant = f"{rng.choice(['Pack of', 'Set of', 'Case of'])} {k // len(recs) + 1}"
+        out.append(src.model_copy(update={"item_id": f"syn-{k}", "title": f"{src.title} ({variant})"}))
+    return out
+
+
+def fresh_settings(base: Settings, model: str, root: Path) -> Settings:
+    """A new data dir (cold cache, empty store) that reuses the converted model files."""
+    data = root / "data"
+    data.mkdir(parents=True)
+    if base.models_path.exists():
+        (data / "models").symlink_to(base.models_path.resolve())
+    return base.model_copy(update={"data_dir": data, "encoder": base.encoder.model_copy(update={"model": model}),
+                                   "vectors": base.vectors.model_copy(update={"uri": ""})})  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="encoder model (default: settings.encoder.model)")
+    ap.add_argument("--sample", type=int, default=384, help="texts for the encoder-alone measurements")
+    ap.add_argument("--batch-sizes", default="8,16,32,64")
+    ap.add_argument("--fresh-items", type=int, default=300, help="items produced for the freshness run")
+    ap.add_argument("--fresh-rate", type=float, default=5.0)
+    ap.add_argument("--skip-worker", action="store_true")
+    ap.add_argument("--synthetic", type=int, default=0, help="also run the worker on a synthetic catalogue of N")
+    ap.add_argument("--synthetic-model", default="minilm")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+
+    base = load_settings()
+    if base.encoder.threads > 0:  # the worker does the same (encoder.threads)
+        torch.set_num_threads(base.encoder.threads)
+    model = args.model or base.encoder.model
+    settings = base.model_copy(update={"encoder": base.encoder.model_copy(update={"model": model})})
+    recs = catalogue(settings)
+    rng = random.Random(0)
+    sample = [prompt_of(r, settings) for r in rng.sample(recs, args.sample)]
+    sizes = [int(x) for x in args.batch_sizes.split(",")]
+    if settings.encoder.batch_size not in sizes:
+        sizes.append(settings.encoder.batch_size)
+    print(f"encoder alone: {model}, {len(sample)} texts, cache bypassed, torch threads {torch.get_num_threads()}")
+    result_threads = torch.get_num_threads()
+    enc = bench_encoder(settings, sample, sizes)
+    batched = enc["per_batch_size"][str(settings.encoder.batch_size)]["items_per_s"]
+    result = {
+        "model": model,
+        "device": enc["device"],
+        "batch_size": settings.encoder.batch_size,
+        "max_tokens": settings.encoder.max_tokens,
+        "torch_threads": result_threads,
+        "batched_items_per_s": batched,
+        "batched_tokens_per_s": enc["per_batch_size"][str(settings.encoder.batch_size)]["tokens_per_s"],
+        "naive_items_per_s": enc["naive"]["items_per_s"],
+        "naive_tokens_per_s": enc["naive"]["tokens_per_s"],
+        "batched_vs_naive": batched / enc["naive"]["items_per_s"],
+        "encoder": enc,
+        "sample_texts": len(sample),
+    }
+    root = Path(tempfile.mkdtemp(prefix="bench-encoder-"))
+    try:
+        if not args.skip_worker:
+            s = fresh_settings(settings, model, root / "catalogue")
+            print(f"worker end to end: {len(recs)} Scientific items, cold cache, data dir {s.data_dir}")
+            w = bench_worker(s, recs, enc["hidden_size"], args.fresh_items, args.fresh_rate)
+            result.update(worker_items_per_s=w["items_per_s"], worker_vs_encoder=w["items_per_s"] / batched,
+                          freshness_p50_s=w["freshness"]["p50_s"], freshness_p99_s=w["freshness"]["p99_s"],
+                          worker=w)  # fmt: skip
+        if args.synthetic:
+            s = fresh_settings(settings, args.synthetic_model, root / "synthetic")
+            print(f"worker end to end: synthetic catalogue of {args.synthetic} items with {args.synthetic_model}")
+            llm_dim = 384 if args.synthetic_model == "minilm" else enc["hidden_size"]
+            result["synthetic"] = {"model": args.synthetic_model,
+                                   **bench_worker(s, synthetic(recs, args.synthetic), llm_dim, 0, 0)}  # fmt: skip
+        else:
+            result["synthetic"] = {"run": False, "why": (
+                f"{len(recs) * 23} items at the measured ~{result.get('worker_items_per_s', batched):.0f} items/s "
+                f"would take hours on this CPU; run with --synthetic 100000 (MiniLM by default)")}  # fmt: skip
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    result["cpu_note"] = (f"{os.cpu_count()} CPU cores shared with other jobs running at the same time "
+                          f"(load average at the end: {os.getloadavg()[0]:.1f}); figures are lower bounds")  # fmt: skip
+    result["machine"] = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
+    result["command"] = " ".join(["python -m bench.encoder", *(argv if argv is not None else sys.argv[1:])])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    keys = ["batched_items_per_s", "naive_items_per_s", "batched_vs_naive", "worker_items_per_s",
+            "worker_vs_encoder", "freshness_p50_s", "freshness_p99_s", "model", "device", "batch_size"]  # fmt: skip
+    for k in keys:
+        v = result.get(k)
+        print(f"{k:22s} {v:.3f}" if isinstance(v, float) else f"{k:22s} {v}")
+    print(f"written: {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
