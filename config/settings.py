@@ -54,8 +54,9 @@ class WorkerSettings(BaseModel):
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     # Events handed to the state update at once (one atomic write batch) and the longest wait.
-    take_max: int = 1000
+    take_max: int = 5000
     take_within_s: float = 0.05
+    fetch_max_wait_ms: int = 10
     # fsync each state write batch (survives power loss, not just a process kill); slower.
     sync_writes: bool = False
 

@@ -17,7 +17,7 @@ window, for the incremental trainer); `c/<counter>` -> count (applied, duplicate
 from __future__ import annotations
 
 import bisect
-import json
+import orjson
 import shutil
 import tempfile
 import time
@@ -56,13 +56,24 @@ def apply_event(seq: list[list], e: Entry, max_len: int, lateness_s: float) -> s
     the user's newest event by more than `lateness_s` is dropped (counted); any other event is inserted
     at its place in time, and the sequence keeps its newest `max_len` entries.
     """
-    if any(x[3] == e.event_id for x in seq):
-        return DUPLICATE
-    if seq and e.event_time < seq[-1][0] - lateness_s:
+    eid = e.event_id
+    for x in seq:
+        if x[3] == eid:
+            return DUPLICATE
+    row = [e.event_time, e.item_id, e.action, eid]
+    if not seq or (row[0], eid) >= (seq[-1][0], seq[-1][3]):
+        seq.append(row)  # the common case: events arrive in order
+    elif e.event_time < seq[-1][0] - lateness_s:
         return LATE_DROPPED
-    bisect.insort(seq, [e.event_time, e.item_id, e.action, e.event_id], key=lambda x: (x[0], x[3]))
-    del seq[:-max_len]
+    else:
+        bisect.insort(seq, row, key=_order)
+    if len(seq) > max_len:
+        del seq[:-max_len]
     return APPLIED
+
+
+def _order(x: list) -> tuple:
+    return (x[0], x[3])
 
 
 def window_start(event_time: float, window_s: float) -> int:
@@ -102,6 +113,9 @@ class PartitionState:
         self.db.set_write_options(wo)
         raw = self.db.get(OFFSET)
         self.next_offset = int(raw) if raw is not None else 0
+        self.counters = Counter(
+            {n: int(self.db.get(COUNTER + n.encode()) or 0) for n in (APPLIED, DUPLICATE, LATE_DROPPED)}
+        )
 
     def apply(
         self,
@@ -115,9 +129,10 @@ class PartitionState:
         An event with `entry=None` (a record that went to the dead-letter topic) only moves the offset.
         """
         seqs: dict[str, list[list]] = {}
+        windows: set[bytes] = set()
         counts: Counter = Counter()
-        wb = WriteBatch(raw_mode=True)
         last = None
+        get = self.db.get
         for offset, entry, user in events:
             if offset < self.next_offset:
                 counts["skipped_already_applied"] += 1
@@ -125,26 +140,30 @@ class PartitionState:
             last = offset
             if entry is None or user is None:
                 continue
-            if user not in seqs:
-                raw = self.db.get(USER + user.encode())
-                seqs[user] = json.loads(raw) if raw is not None else []
-            outcome = apply_event(seqs[user], entry, max_len, lateness_s)
+            seq = seqs.get(user)
+            if seq is None:
+                raw = get(USER + user.encode())
+                seq = seqs[user] = orjson.loads(raw) if raw is not None else []
+            outcome = apply_event(seq, entry, max_len, lateness_s)
             counts[outcome] += 1
             if outcome == APPLIED:
-                w = window_start(entry.event_time, window_s)
-                wb.put(b"%s%012d/%s" % (WINDOW, w, user.encode()), b"")
+                windows.add(b"%s%012d/%s" % (WINDOW, window_start(entry.event_time, window_s), user.encode()))
         if last is None:
             return counts
+        wb = WriteBatch(raw_mode=True)
+        for key in windows:
+            wb.put(key, b"")
         for user, seq in seqs.items():
-            wb.put(USER + user.encode(), json.dumps(seq, separators=(",", ":")).encode())
+            wb.put(USER + user.encode(), orjson.dumps(seq))
+        totals = self.counters.copy()
         for name in (APPLIED, DUPLICATE, LATE_DROPPED):
             if counts[name]:
-                key = COUNTER + name.encode()
-                old = self.db.get(key)
-                wb.put(key, str((int(old) if old else 0) + counts[name]).encode())
+                totals[name] += counts[name]
+                wb.put(COUNTER + name.encode(), str(totals[name]).encode())
         wb.put(OFFSET, str(last + 1).encode())
         self.db.write(wb)
         self.next_offset = last + 1
+        self.counters = totals
         return counts
 
     def close(self) -> None:
@@ -204,7 +223,7 @@ class StateReader:
         for db in self.dbs.values():
             raw = db.get(key)
             if raw is not None:
-                return [Entry(*x) for x in json.loads(raw)]
+                return [Entry(*x) for x in orjson.loads(raw)]
         return None
 
     def users(self) -> Iterator[tuple[str, list[Entry]]]:
@@ -212,7 +231,7 @@ class StateReader:
             for k, v in db.items(from_key=USER):
                 if not k.startswith(USER):
                     break
-                yield k[len(USER):].decode(), [Entry(*x) for x in json.loads(v)]
+                yield k[len(USER):].decode(), [Entry(*x) for x in orjson.loads(v)]
 
     def changed_users(self, start: int, end: int) -> set[str]:
         """Users with an applied event whose event-time window starts in [start, end)."""

@@ -14,8 +14,12 @@ import faust
 from config import Settings
 
 
-def make_app(name: str, settings: Settings) -> faust.App:
-    """A faust App for the worker `name`, wired to the configured broker."""
+def make_app(name: str, settings: Settings, has_agents: bool = True) -> faust.App:
+    """A faust App for the worker `name`, wired to the configured broker.
+
+    A worker whose consumption is not a faust agent (`has_agents=False`) keeps faust's small internal
+    leader topic, so faust's own consumer has something to subscribe to (it crashes on no topics).
+    """
     w = settings.worker
     datadir = settings.data_dir / "faust" / name
     datadir.mkdir(parents=True, exist_ok=True)
@@ -27,8 +31,8 @@ def make_app(name: str, settings: Settings) -> faust.App:
         broker_session_timeout=settings.broker.session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.broker.heartbeat_interval_ms / 1000,
         consumer_auto_offset_reset="earliest",
-        topic_allow_declare=False,
-        topic_disable_leader=True,
+        topic_allow_declare=not has_agents,  # faust declares internal topics only, never ours
+        topic_disable_leader=has_agents,
         producer_acks=-1,
         web_enabled=True,
         web_bind=w.web_host,

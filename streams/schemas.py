@@ -163,6 +163,12 @@ M = TypeVar("M", bound=_Event)
 
 
 def _decode(raw: bytes, model: type[M]) -> M:
+    # Fast path: pydantic-core parses and validates in one pass (about 2x faster than json + validate).
+    if len(raw) <= MAX_RECORD_BYTES:
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError:
+            pass  # fall through to the slow path, which explains what is wrong
     obj = _load_json(raw)
     try:
         return model.model_validate(obj)
