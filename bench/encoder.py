@@ -227,10 +227,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-worker", action="store_true")
     ap.add_argument("--synthetic", type=int, default=0, help="also run the worker on a synthetic catalogue of N")
     ap.add_argument("--synthetic-model", default="minilm")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: settings.encoder.threads)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
     base = load_settings()
+    if args.threads is not None:  # for the encoder alone here and, through the settings, the worker
+        base = base.model_copy(update={"encoder": base.encoder.model_copy(update={"threads": args.threads})})
     if base.encoder.threads > 0:  # the worker does the same (encoder.threads)
         torch.set_num_threads(base.encoder.threads)
     model = args.model or base.encoder.model

@@ -108,7 +108,7 @@ def parse_batch(events, settings: Settings) -> Batch:
             if not rec.deleted and not prompt:
                 raise RecordError(f"no text for the template: fields {sorted(rec.text_fields())} fill none of it")
         except RecordError as e:
-            batch.rejected.append(dead_letter(_cap(ev.value), e, topic, m.partition, m.offset, ev.key))
+            batch.rejected.append(letter(ev.value, e, topic, m.partition, m.offset, ev.key))
             continue
         if rec.item_id in batch.upserts or rec.item_id in batch.deletes:
             batch.superseded += 1
@@ -122,8 +122,10 @@ def parse_batch(events, settings: Settings) -> Batch:
     return batch
 
 
-def _cap(raw: bytes) -> bytes:
-    return raw if len(raw) <= MAX_DLQ_PAYLOAD else raw[:MAX_DLQ_PAYLOAD]
+def letter(raw: bytes, e: RecordError, topic: str, partition, offset, key) -> DeadLetter:
+    """A dead letter whose payload is cut at MAX_DLQ_PAYLOAD bytes; payload_bytes keeps the real size."""
+    x = dead_letter(raw[:MAX_DLQ_PAYLOAD], e, topic, partition, offset, key)
+    return x.model_copy(update={"payload_bytes": len(raw)})
 
 
 def truncation_letter(p: Pending, n_tokens: int, settings: Settings) -> DeadLetter:
@@ -132,8 +134,7 @@ def truncation_letter(p: Pending, n_tokens: int, settings: Settings) -> DeadLett
     size = f"at least {n_tokens}" if p.cut else str(n_tokens)
     e = RecordError(f"truncated: the prompt has {size} tokens, over encoder.max_tokens={m}; "
                     f"the item was encoded from its first {m} tokens and is searchable")  # fmt: skip
-    letter = dead_letter(_cap(p.raw), e, settings.topics.items, p.partition, p.offset, p.key)
-    return letter.model_copy(update={"payload_bytes": len(p.raw)})
+    return letter(p.raw, e, settings.topics.items, p.partition, p.offset, p.key)
 
 
 # ---- the work (blocking; runs in the executor) -----------------------------------------------
@@ -331,8 +332,8 @@ async def handle_batch(events) -> None:
         await send_dead_letters(batch.rejected + notices)
     result = await write_until_done(batch, {p.item_id for p in over}, n_tokens)
     if result.failed:
-        await send_dead_letters([dead_letter(_cap(p.raw), RecordError(reason), settings.topics.items, p.partition,
-                                             p.offset, p.key) for p, reason in result.failed])  # fmt: skip
+        await send_dead_letters([letter(p.raw, RecordError(reason), settings.topics.items, p.partition, p.offset,
+                                        p.key) for p, reason in result.failed])  # fmt: skip
     record_metrics(events, batch, result, len(over))
 
 
