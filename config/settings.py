@@ -83,6 +83,8 @@ class StateSettings(BaseModel):
 
     max_seq_len: int = 50
     allowed_lateness_s: float = 3600.0
+    # Users changed per event-time slot are recorded at this resolution; trainer windows are whole slots.
+    slot_s: float = 10.0
 
 
 class VectorSettings(BaseModel):
@@ -126,6 +128,12 @@ class TrainerSettings(BaseModel):
     steps_per_window: int = 50
     promote_margin: float = 0.02
     keep_versions: int = 5
+    grace_s: float = 0.0  # event time to wait past a window's end before closing it
+    poll_s: float = 1.0
+    # Fault injection for tests: sleep `pause_s` at a named point of a publish ("after_commit",
+    # "mid_vectors") so a test can kill the trainer there. Off by default.
+    pause_at: str = ""
+    pause_s: float = 0.0
 
 
 class ServingSettings(BaseModel):

@@ -113,5 +113,68 @@ def train(
               run_dir, progress)  # fmt: skip
 
 
+model_app = typer.Typer(help="Published model versions (the registry).", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@app.command()
+def trainer(
+    data_dir: Optional[Path] = DataDir,
+    max_windows: Optional[int] = typer.Option(None, help="Stop after this many windows (default: run forever)."),
+    idle_exit_s: Optional[float] = typer.Option(None, help="Stop after this long with no closed window."),
+) -> None:
+    """The incremental trainer: refresh the towers on each closed window and publish versions."""
+    import logging
+
+    from store.vectors import open_store
+    from trainer.incremental import IncrementalTrainer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    s = _settings(data_dir)
+    with open_store(s) as vectors:
+        t = IncrementalTrainer(s, vectors)
+        for r in t.run(poll_s=s.trainer.poll_s, max_windows=max_windows, idle_exit_s=idle_exit_s):
+            pq = r.prequential
+            console.print(
+                f"window {r.window} [{r.start:.0f}, {r.end:.0f}): {r.events} events, {r.users} users; "
+                f"prequential NDCG@10 {pq.get('ndcg@10', float('nan')):.4f} Recall@10 {pq.get('recall@10', float('nan')):.4f}; "
+                f"train {r.train_s:.1f}s publish {r.publish_s:.1f}s -> {r.version}{'' if r.promoted else ' (not promoted)'}"
+            )
+
+
+@model_app.command("list")
+def model_list(data_dir: Optional[Path] = DataDir) -> None:
+    """The published versions, newest last; * marks the one serving uses."""
+    from rich.table import Table
+
+    from store.registry import ModelRegistry
+
+    s = _settings(data_dir)
+    reg = ModelRegistry(s.registry_path)
+    current = reg.current()
+    table = Table("", "version", "window end", "items", "prequential NDCG@10", "holdout NDCG@10", "complete")
+    for v in reg.versions():
+        c = v.config
+        m = c.get("metrics", {})
+        table.add_row("*" if current and current.name == v.name else "", v.name, f"{c['window']['end']:.0f}",
+                      str(c.get("items")), f"{m.get('prequential', {}).get('ndcg@10', float('nan')):.4f}",
+                      f"{m.get('holdout_candidate', {}).get('ndcg@10', float('nan')):.4f}", str(v.published))  # fmt: skip
+    console.print(table)
+
+
+@model_app.command("rollback")
+def model_rollback(version: str, data_dir: Optional[Path] = DataDir) -> None:
+    """Point serving at an earlier complete VERSION (atomic)."""
+    from store.registry import ModelRegistry
+
+    s = _settings(data_dir)
+    try:
+        v = ModelRegistry(s.registry_path).promote(version)
+    except (KeyError, ValueError) as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1)
+    console.print(f"serving now uses {v.name} (collection {v.collection})")
+
+
 if __name__ == "__main__":
     app()

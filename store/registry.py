@@ -7,13 +7,15 @@ Layout under the registry root:
         item_tower.pt          TorchScript: raw content embeddings (N, d_llm) -> item vectors (N, d_out),
                                self-contained (whitening included), so the encoder worker and the query
                                path can compute item vectors without importing trainer/
-        user_tower.pt          TorchScript: (B, T, d_llm) content sequence + (B, T) mask -> (B, d_out)
+        user_tower.pt          TorchScript: (B, T, d_raw) content sequence + (B,) lengths -> (B, d_out)
+        PUBLISHED              written last, once the version's vector collection is complete
     CURRENT                    JSON {"version": name, "collection": vector collection}: what serving uses
     .staging/                  versions being written (never read by anyone else)
 
-Publishing is three steps, each atomic: `stage()` a directory and `commit_version()` renames it into
-`versions/`; the caller fills the vector collection; `promote()` replaces CURRENT with os.replace. A
-crash at any point leaves CURRENT naming the previous complete version. This module knows files, not
+Publishing is four steps, each atomic: `stage()` a directory and `commit_version()` renames it into
+`versions/`; the caller fills the vector collection and calls `mark_published()`; `promote()` (which
+refuses a version not marked published) replaces CURRENT with os.replace. A crash at any point leaves
+CURRENT naming the previous complete version. This module knows files, not
 models: it never imports torch.
 """
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CURRENT = "CURRENT"
+PUBLISHED = "PUBLISHED"
 VERSION_PREFIX = "v"
 
 
@@ -42,6 +45,10 @@ class Version:
     @property
     def collection(self) -> str:
         return f"items_{self.name}"
+
+    @property
+    def published(self) -> bool:
+        return (self.path / PUBLISHED).exists()
 
     @property
     def item_tower_path(self) -> Path:
@@ -133,9 +140,15 @@ class ModelRegistry:
         _fsync_dir(self.versions_dir)
         return Version(name, dst)
 
+    def mark_published(self, name: str) -> None:
+        """Record that version `name` is complete (its vectors are all written)."""
+        write_atomic(self.get(name).path / PUBLISHED, b"")
+
     def promote(self, name: str) -> Version:
         """Point serving at version `name` (atomic)."""
         version = self.get(name)
+        if not version.published:
+            raise ValueError(f"version {name} is not completely published; refusing to serve it")
         pointer = {"version": name, "collection": version.collection, "promoted_at": time.time()}
         write_atomic(self.root / CURRENT, json.dumps(pointer).encode())
         return version

@@ -10,8 +10,10 @@ Readers (the trainer, the query path) open the partition databases as RocksDB *s
 which follow the writer without blocking it (`StateReader.catch_up`).
 
 Keys (raw bytes): `u/<user>` -> JSON list of [event_time, item_id, action, event_id] (oldest first);
-`o/next` -> next offset to apply; `w/<window start>/<user>` -> b"" (users changed per event-time
-window, for the incremental trainer); `c/<counter>` -> count (applied, duplicate, late_dropped).
+`o/next` -> next offset to apply; `w/<slot start>/<user>` -> b"" (users changed per event-time slot
+of `slot_s` seconds, for the incremental trainer, whose windows are whole slots);
+`c/<counter>` -> count (applied, duplicate, late_dropped); `m/max_event_time` -> the newest event
+time applied (the partition's event-time watermark).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ USER = b"u/"
 OFFSET = b"o/next"
 WINDOW = b"w/"
 COUNTER = b"c/"
+WATERMARK = b"m/max_event_time"
 
 APPLIED, DUPLICATE, LATE_DROPPED = "applied", "duplicate", "late_dropped"
 
@@ -116,13 +119,14 @@ class PartitionState:
         self.counters = Counter(
             {n: int(self.db.get(COUNTER + n.encode()) or 0) for n in (APPLIED, DUPLICATE, LATE_DROPPED)}
         )
+        self.watermark = float(self.db.get(WATERMARK) or 0.0)
 
     def apply(
         self,
         events: Iterable[tuple[int, Entry | None, str | None]],
         max_len: int,
         lateness_s: float,
-        window_s: float,
+        slot_s: float,
     ) -> Counter:
         """Apply (offset, entry, user_id) events in one atomic write; skip offsets already applied.
 
@@ -132,6 +136,7 @@ class PartitionState:
         windows: set[bytes] = set()
         counts: Counter = Counter()
         last = None
+        watermark = self.watermark
         get = self.db.get
         for offset, entry, user in events:
             if offset < self.next_offset:
@@ -147,7 +152,8 @@ class PartitionState:
             outcome = apply_event(seq, entry, max_len, lateness_s)
             counts[outcome] += 1
             if outcome == APPLIED:
-                windows.add(b"%s%012d/%s" % (WINDOW, window_start(entry.event_time, window_s), user.encode()))
+                windows.add(b"%s%012d/%s" % (WINDOW, window_start(entry.event_time, slot_s), user.encode()))
+                watermark = max(watermark, entry.event_time)
         if last is None:
             return counts
         wb = WriteBatch(raw_mode=True)
@@ -161,9 +167,11 @@ class PartitionState:
                 totals[name] += counts[name]
                 wb.put(COUNTER + name.encode(), str(totals[name]).encode())
         wb.put(OFFSET, str(last + 1).encode())
+        wb.put(WATERMARK, repr(watermark).encode())
         self.db.write(wb)
         self.next_offset = last + 1
         self.counters = totals
+        self.watermark = watermark
         return counts
 
     def close(self) -> None:
@@ -233,10 +241,10 @@ class StateReader:
                     break
                 yield k[len(USER):].decode(), [Entry(*x) for x in orjson.loads(v)]
 
-    def changed_users(self, start: int, end: int) -> set[str]:
-        """Users with an applied event whose event-time window starts in [start, end)."""
+    def changed_users(self, start: float, end: float) -> set[str]:
+        """Users with an applied event in an event-time slot that starts in [start, end)."""
         out: set[str] = set()
-        lo = b"%s%012d/" % (WINDOW, start)
+        lo = b"%s%012d/" % (WINDOW, int(start))
         for db in self.dbs.values():
             for k in db.keys(from_key=lo):
                 if not k.startswith(WINDOW) or int(k[2:14]) >= end:
@@ -251,6 +259,10 @@ class StateReader:
                 raw = db.get(COUNTER + name.encode())
                 c[name] += int(raw) if raw else 0
         return c
+
+    def watermark(self) -> float:
+        """The newest event time applied in any partition (0 before any event)."""
+        return max((float(db.get(WATERMARK) or 0.0) for db in self.dbs.values()), default=0.0)
 
     def next_offsets(self) -> dict[str, int]:
         return {p.name: int(db.get(OFFSET) or 0) for p, db in self.dbs.items()}

@@ -62,7 +62,7 @@ async def handle_partition_batch(tp: TopicPartition, records: list) -> int:
         DEAD_LETTERS.labels(WORKER).inc(len(rejected))
         RECORDS.labels(WORKER, "dead_lettered").inc(len(rejected))
     s = settings.state
-    counts = state.partition(tp.partition).apply(rows, s.max_seq_len, s.allowed_lateness_s, settings.trainer.window_s)
+    counts = state.partition(tp.partition).apply(rows, s.max_seq_len, s.allowed_lateness_s, s.slot_s)
     for outcome, n in counts.items():
         RECORDS.labels(WORKER, outcome).inc(n)
     now = time.time()

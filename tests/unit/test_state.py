@@ -59,6 +59,7 @@ def test_reader_follows_a_live_writer(tmp_path):
     assert reader.changed_users(120, 180) == {"u1", "u2"}
     assert reader.changed_users(60, 120) == {"u1"}
     assert reader.counters()[APPLIED] == 3
+    assert reader.watermark() == 130.0
     assert dict(reader.users()).keys() == {"u1", "u2"}
     reader.close()
     part.close()

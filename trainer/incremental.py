@@ -1,0 +1,446 @@
+"""The incremental trainer: LEARN's towers follow the interaction stream, one event-time window at a time.
+
+For each closed window [start, end) (tumbling, `trainer.window_s` of event time, or closed every
+`trainer.window_events` applied events), in order:
+1. test: the current version ranks every event of the window against all known items, given the
+   user's sequence before it (the offline protocol of trainer/evaluation.py) -> prequential NDCG@10
+   and Recall@10 of the window;
+2. train: the sequences (cut at `end`: never the future) of the users who changed in the window, plus a
+   replay sample of older users against forgetting, for a bounded number of optimiser steps,
+   warm-started from the current version with its optimiser state; each changed user's last event of
+   the window is held out;
+3. gate: the candidate and the current version are scored on the held-out events; a candidate worse by
+   more than `trainer.promote_margin` NDCG@10 is published but not promoted (logged), and training
+   continues from the promoted weights;
+4. publish (store/registry.py): weights, config, optimiser state and the exported towers are staged
+   and committed; every item's item-tower vector goes into the version's collection; a PUBLISHED
+   marker is written; then the serving pointer is switched atomically. A crash anywhere leaves serving
+   on the previous complete version; on restart, incomplete versions and orphan collections are
+   removed and training resumes after the last published window.
+
+The maths (`OnlineLearner`) is separate from the I/O (`IncrementalTrainer`), so it is testable on
+lists of sequences without a broker or a store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from config import Settings
+from encoder.pooling import Whitening, l2_normalize
+from store.registry import ModelRegistry, Version
+from store.state import Entry, StateReader
+from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore, items_collection
+from trainer.evaluation import evaluate_examples
+from trainer.export import export_towers
+from trainer.offline import length_bucketed_batches, model_scorer, tower_config
+from trainer.towers import LEARN, TowerConfig, pad_sequences
+
+log = logging.getLogger(__name__)
+
+
+# ---- pure helpers --------------------------------------------------------------------------------
+
+
+def window_examples(
+    seqs: dict[str, list[Entry]], start: float, end: float, index: dict[str, int], max_len: int
+) -> list[tuple[list[int], int]]:
+    """Prequential examples: each event in [start, end) with the user's known items before it."""
+    out = []
+    for seq in seqs.values():
+        ids = [index.get(e.item_id) for e in seq]
+        for k, e in enumerate(seq):
+            if start <= e.event_time < end and ids[k] is not None:
+                history = [i for i in ids[:k] if i is not None][-max_len:]
+                if history:
+                    out.append((history, ids[k]))
+    return out
+
+
+def training_sequence(seq: list[Entry], end: float, index: dict[str, int], max_len: int) -> list[int]:
+    """A user's known items before `end`, oldest first, the last `max_len`."""
+    return [index[e.item_id] for e in seq if e.event_time < end and e.item_id in index][-max_len:]
+
+
+def split_holdout(seqs: list[list[int]], min_len: int = 3) -> tuple[list[list[int]], list[tuple[list[int], int]]]:
+    """Hold out the last item of each sequence long enough to keep two for training."""
+    train, held = [], []
+    for s in seqs:
+        if len(s) >= min_len:
+            train.append(s[:-1])
+            held.append((s[:-1], s[-1]))
+        else:
+            train.append(s)
+    return train, held
+
+
+# ---- the maths ----------------------------------------------------------------------------------
+
+
+class OnlineLearner:
+    """The twin towers over a growing catalogue, trained in bounded steps with a persistent optimiser."""
+
+    def __init__(self, cfg: TowerConfig, whitening: Whitening, lr: float, weight_decay: float, seed: int):
+        self.whitening = whitening
+        self.cfg = cfg
+        torch.manual_seed(seed)
+        self.model = LEARN(cfg, torch.zeros(cfg.n_items, cfg.d_llm))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.rng = random.Random(seed)
+
+    def set_catalogue(self, raw: np.ndarray) -> None:
+        """Replace the content table (items may have been added). (N, d_raw) raw embeddings."""
+        features = torch.from_numpy(l2_normalize(self.whitening(raw)).astype(np.float32))
+        pad = torch.zeros(1, features.shape[1])
+        self.model.content = torch.cat([features, pad])
+        self.model.cfg.n_items = features.shape[0]
+
+    def evaluate(self, examples: list[tuple[list[int], int]]) -> dict[str, float]:
+        if not examples:
+            return {}
+        examples = sorted(examples, key=lambda e: len(e[0]))
+        return evaluate_examples(model_scorer(self.model, self.cfg.max_seq_len), examples)
+
+    def train(self, seqs: list[list[int]], steps: int, batch_size: int) -> dict:
+        """Up to `steps` optimiser steps over `seqs` (cycled in length-bucketed batches)."""
+        seqs = [s for s in seqs if len(s) >= 2]
+        if not seqs or steps <= 0:
+            return {"steps": 0, "loss": None, "samples": 0}
+        self.model.train()
+        losses, samples, done = [], 0, 0
+        while done < steps:
+            for batch in length_bucketed_batches([len(s) for s in seqs], batch_size, self.rng):
+                seq, lens = pad_sequences([seqs[j] for j in batch], self.model.pad_id, self.cfg.max_seq_len)
+                loss = self.model.calculate_loss({"item_seq": seq, "item_seq_len": lens})
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                self.opt.step()
+                losses.append(loss.item())
+                samples += len(batch)
+                done += 1
+                if done >= steps:
+                    break
+        self.model.eval()
+        return {"steps": done, "loss": float(np.mean(losses)), "samples": samples}
+
+    # -- state (weights + optimiser), saved without pickle -------------------------------------
+    def save(self, directory: Path) -> None:
+        weights = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(weights, str(directory / "weights.safetensors"))
+        torch.save(self.opt.state_dict(), directory / "optimizer.pt")
+        self.whitening.save(directory / "whitening.npz")
+
+    def load(self, directory: Path) -> None:
+        self.model.load_state_dict(load_file(str(directory / "weights.safetensors")))
+        self.opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        self.model.eval()
+
+    def snapshot(self) -> tuple[dict, dict]:
+        return (
+            {k: v.clone() for k, v in self.model.state_dict().items()},
+            _clone_tree(self.opt.state_dict()),
+        )
+
+    def restore(self, snap: tuple[dict, dict]) -> None:
+        self.model.load_state_dict(snap[0])
+        self.opt.load_state_dict(snap[1])
+
+
+def _clone_tree(x):
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, dict):
+        return {k: _clone_tree(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_clone_tree(v) for v in x]
+    return x
+
+
+# ---- the process ---------------------------------------------------------------------------------
+
+
+@dataclass
+class WindowResult:
+    window: int
+    start: float
+    end: float
+    events: int
+    users: int
+    replay_users: int
+    prequential: dict
+    holdout_current: dict
+    holdout_candidate: dict
+    train: dict
+    train_s: float
+    publish_s: float
+    version: str | None
+    promoted: bool
+    published_at: float
+    items: int
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class IncrementalTrainer:
+    """Reads the state store and the content vectors, publishes versions to the registry."""
+
+    def __init__(self, settings: Settings, vectors: VectorStore, reader: StateReader | None = None):
+        self.s = settings
+        self.ts = settings.trainer
+        self.registry = ModelRegistry(settings.registry_path)
+        self.vectors = vectors
+        self.reader = reader or StateReader(settings.state_path, settings.topics.interactions)
+        self.metrics_path = settings.data_dir / "trainer" / "windows.jsonl"
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        self.learner: OnlineLearner | None = None
+        self.catalogue_ids: list[str] = []
+        self.catalogue_raw = np.zeros((0, 0), np.float32)
+        self.next_start: float | None = None
+        self.windows_done = 0
+        self.applied_at_close = 0
+        self.replay_pool: list[str] = []
+        self.rng = random.Random(settings.model.seed)
+
+    # -- recovery ---------------------------------------------------------------------------
+    def recover(self) -> Version | None:
+        """Clean what a crash left, then resume from the newest complete version."""
+        self.registry.clean_staging()
+        complete = []
+        for v in self.registry.versions():
+            if v.published:
+                complete.append(v)
+            else:
+                log.warning("removing incomplete version %s (crashed publish)", v.name)
+                self._drop_version(v)
+        known = {items_collection(v.name) for v in complete}
+        for name in self.vectors.collections():
+            if name.startswith(ITEMS_PREFIX) and name not in known:
+                self.vectors.drop(name)  # vectors of a version that never got committed
+        current = self.registry.current()
+        if complete:
+            newest = complete[-1]
+            meta = newest.config
+            self.next_start = meta["window"]["end"]
+            self.windows_done = meta["window"]["index"] + 1
+            self.applied_at_close = meta["window"].get("applied", 0)
+            self._refresh_catalogue()
+            promoted = current or newest
+            self.learner = self._new_learner(Whitening.load(promoted.path / "whitening.npz"), promoted.config["model"])
+            self.learner.set_catalogue(self.catalogue_raw)
+            self.learner.load(promoted.path)
+            log.info("resuming after window %d (end %.0f) from version %s", self.windows_done - 1,
+                     self.next_start, promoted.name)  # fmt: skip
+        return current
+
+    def _drop_version(self, v: Version) -> None:
+        if self.vectors.has(v.collection):
+            self.vectors.drop(v.collection)
+        import shutil
+
+        shutil.rmtree(v.path, ignore_errors=True)
+
+    # -- inputs -------------------------------------------------------------------------------
+    def _refresh_catalogue(self) -> None:
+        """Add items the encoder worker wrote since the last window (their raw content vectors)."""
+        if not self.vectors.has(CONTENT):
+            return
+        ids = self.vectors.ids(CONTENT)
+        known = set(self.catalogue_ids)
+        new = [i for i in ids if i not in known]
+        if not new:
+            return
+        rows = {}
+        for k in range(0, len(new), 2048):
+            rows.update(self.vectors.get(CONTENT, new[k : k + 2048], with_vectors=True))
+        new = [i for i in new if i in rows]
+        vecs = np.stack([rows[i].vector for i in new]).astype(np.float32)
+        self.catalogue_raw = vecs if not self.catalogue_ids else np.concatenate([self.catalogue_raw, vecs])
+        self.catalogue_ids = self.catalogue_ids + new
+
+    def _new_learner(self, whitening: Whitening, model_cfg: dict | None = None) -> OnlineLearner:
+        ms = self.s.model
+        if model_cfg is not None:
+            cfg = TowerConfig(**model_cfg)
+        else:
+            cfg = tower_config(ms, len(self.catalogue_ids), whitening.transform.shape[1])
+        return OnlineLearner(cfg, whitening, ms.lr, ms.weight_decay, ms.seed)
+
+    def closed_window(self) -> tuple[float, float] | None:
+        """The next window to process, if the watermark has passed its end."""
+        self.reader.catch_up()
+        watermark = self.reader.watermark()
+        if watermark <= 0:
+            return None
+        slot = self.s.state.slot_s
+        if self.next_start is None:  # the first window starts at the first slot with data
+            first = self._first_slot()
+            if first is None:
+                return None
+            self.next_start = first
+        if self.ts.window_events > 0:  # close every N applied events, at a slot boundary
+            applied = self.reader.counters()["applied"]
+            end = watermark // slot * slot
+            if applied - self.applied_at_close >= self.ts.window_events and end > self.next_start:
+                return self.next_start, end
+            return None
+        end = self.next_start + self.ts.window_s
+        return (self.next_start, end) if watermark >= end + self.ts.grace_s else None
+
+    def _first_slot(self) -> float | None:
+        first = None
+        for db in self.reader.dbs.values():
+            for k in db.keys(from_key=b"w/"):
+                if k.startswith(b"w/"):
+                    t = float(int(k[2:14]))
+                    first = t if first is None else min(first, t)
+                break
+        return first
+
+    # -- one window -----------------------------------------------------------------------------
+    def process(self, start: float, end: float) -> WindowResult:
+        t0 = time.perf_counter()
+        ms = self.s.model
+        self._refresh_catalogue()
+        index = {item: i for i, item in enumerate(self.catalogue_ids)}
+        users = self.reader.changed_users(start, end)
+        seqs = {u: self.reader.sequence(u) or [] for u in users}
+        examples = window_examples(seqs, start, end, index, ms.max_seq_len)
+        note = ""
+        if self.learner is None:
+            if len(self.catalogue_ids) < 2:
+                raise RuntimeError("no content embeddings in the vector store yet: is the encoder worker running?")
+            whitening = Whitening.fit(self.catalogue_raw)
+            self.learner = self._new_learner(whitening)
+            note = "first version: no model to test with"
+        self.learner.set_catalogue(self.catalogue_raw)
+        current_exists = self.registry.current() is not None
+        prequential = self.learner.evaluate(examples) if current_exists else {}
+
+        fresh = [training_sequence(seqs[u], end, index, ms.max_seq_len) for u in sorted(users)]
+        train_seqs, held = split_holdout(fresh)
+        n_replay = min(len(self.replay_pool), int(self.ts.replay_ratio * len(users)))
+        replay_users = self.rng.sample(self.replay_pool, n_replay) if n_replay else []
+        for u in replay_users:
+            train_seqs.append(training_sequence(self.reader.sequence(u) or [], end, index, ms.max_seq_len))
+        held_current = self.learner.evaluate(held) if current_exists else {}
+        before = self.learner.snapshot()
+        train = self.learner.train(train_seqs, self.ts.steps_per_window, ms.batch_size)
+        held_candidate = self.learner.evaluate(held)
+        promote = not current_exists or not held_current or (
+            held_candidate.get("ndcg@10", 0.0) >= held_current.get("ndcg@10", 0.0) - self.ts.promote_margin
+        )
+        train_s = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        applied = self.reader.counters()["applied"]
+        window = {"index": self.windows_done, "start": start, "end": end, "applied": applied}
+        metrics = {"prequential": prequential, "holdout_current": held_current, "holdout_candidate": held_candidate}
+        version = self.publish(window, metrics, promote)
+        if not promote:
+            log.warning("version %s not promoted: holdout NDCG@10 %.4f < current %.4f - margin %.3f",
+                        version.name, held_candidate.get("ndcg@10", 0), held_current.get("ndcg@10", 0),
+                        self.ts.promote_margin)  # fmt: skip
+            self.learner.restore(before)  # keep learning from the promoted weights
+            note = (note + "; " if note else "") + "not promoted (holdout regression)"
+        publish_s = time.perf_counter() - t1
+
+        known = set(self.replay_pool)
+        self.replay_pool.extend(u for u in sorted(users) if u not in known)
+        self.next_start, self.applied_at_close = end, applied
+        self.windows_done += 1
+        result = WindowResult(
+            window=window["index"], start=start, end=end, events=len(examples), users=len(users),
+            replay_users=len(replay_users), prequential=prequential, holdout_current=held_current,
+            holdout_candidate=held_candidate, train=train, train_s=train_s, publish_s=publish_s,
+            version=version.name, promoted=promote, published_at=time.time(),
+            items=len(self.catalogue_ids), note=note,
+        )  # fmt: skip
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(result.__dict__) + "\n")
+        return result
+
+    # -- publishing -----------------------------------------------------------------------------
+    def publish(self, window: dict, metrics: dict, promote: bool) -> Version:
+        name = self.registry.next_name()
+        stage = self.registry.stage(name)
+        self.learner.save(stage)
+        export_towers(self.learner.model, self.learner.whitening, stage)
+        config = {"version": name, "model": self.learner.model.cfg.to_dict(), "window": window,
+                  "metrics": metrics, "items": len(self.catalogue_ids), "created_at": time.time()}  # fmt: skip
+        (stage / "config.json").write_text(json.dumps(config, indent=2))
+        version = self.registry.commit_version(name)
+        self._pause("after_commit")
+        with torch.no_grad():
+            items = self.learner.model.item_vectors().numpy()
+        self.vectors.ensure_collection(version.collection, items.shape[1])
+        for k in range(0, len(items), 4096):
+            self.vectors.upsert(version.collection, self.catalogue_ids[k : k + 4096], items[k : k + 4096],
+                                model_id=name)  # fmt: skip
+            self._pause("mid_vectors")
+        self.registry.mark_published(name)
+        if promote:
+            self.registry.promote(name)
+        for old in self.registry.prune(self.ts.keep_versions):
+            if self.vectors.has(items_collection(old)):
+                self.vectors.drop(items_collection(old))
+        return version
+
+    def _pause(self, point: str) -> None:
+        """Fault injection for the crash test: sleep at a named point of the publish."""
+        if self.ts.pause_at == point and self.ts.pause_s > 0:
+            log.warning("pausing %.1fs at %s (fault injection)", self.ts.pause_s, point)
+            time.sleep(self.ts.pause_s)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, poll_s: float = 1.0, max_windows: int | None = None, idle_exit_s: float | None = None) -> Iterable[WindowResult]:
+        """Process windows as they close, forever (or `max_windows`, or until idle for `idle_exit_s`)."""
+        self.recover()
+        idle_since = time.monotonic()
+        done = 0
+        while max_windows is None or done < max_windows:
+            w = self.closed_window()
+            if w is None:
+                if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                    return
+                time.sleep(poll_s)
+                continue
+            yield self.process(*w)
+            done += 1
+            idle_since = time.monotonic()
+
+
+def read_windows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_windows(rows: list[dict], path: Path) -> None:
+    """Prequential NDCG@10 and Recall@10 per window (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r["window"] for r in rows if r["prequential"]]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(xs, [r["prequential"]["ndcg@10"] for r in rows if r["prequential"]], marker="o", label="NDCG@10")
+    ax.plot(xs, [r["prequential"]["recall@10"] for r in rows if r["prequential"]], marker="s", label="Recall@10")
+    ax.set_xlabel("window")
+    ax.set_title("prequential (test, then train) per window")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
