@@ -209,17 +209,24 @@ def main() -> None:
     ap.add_argument("--latency-rate", type=float, default=1000.0)
     ap.add_argument("--latency-seconds", type=float, default=30.0)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--latency-only", action="store_true",
+                    help="re-measure only the latency, keeping the throughput figures already in --out")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-interactions-"))
     base = load_settings(data_dir=root, broker={"port": free_port()})
     results: dict = {"command": "python -m bench.interactions " + " ".join(sys.argv[1:]),
                      "machine": f"{psutil.cpu_count()} cores", "streams": {}}  # fmt: skip
+    if args.latency_only:
+        previous = json.loads(args.out.read_text())
+        results["streams"] = previous["streams"]
+        results["command"] = previous["command"] + "; latency: " + results["command"]
     try:
-        results["streams"]["scientific"] = measure_stream("scientific", scientific_payloads(base), base, root)
-        synthetic = synthetic_payloads(args.synthetic_events, args.synthetic_users)
-        results["streams"]["synthetic"] = measure_stream("synthetic", synthetic, base, root)
-        del synthetic
+        if not args.latency_only:
+            results["streams"]["scientific"] = measure_stream("scientific", scientific_payloads(base), base, root)
+            synthetic = synthetic_payloads(args.synthetic_events, args.synthetic_users)
+            results["streams"]["synthetic"] = measure_stream("synthetic", synthetic, base, root)
+            del synthetic
         lat_settings = base.model_copy(update={"data_dir": root / "latency"})
         with Stack(lat_settings, root / "latency" / "run") as stack:
             stack.start_broker()
@@ -240,6 +247,7 @@ def main() -> None:
         "latency_p99_ms": results["latency"]["p99_ms"],
         "state_bytes_per_1m_events": syn["state_bytes_per_1m_events"],
         "worker_rss_mb": max(s["worker_rss_mb"] for s in results["streams"].values()),
+        "load_average_1m_at_end": psutil.getloadavg()[0],
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -104,7 +104,7 @@ class ModelSettings(BaseModel):
     dropout: float = 0.2
     item_tower: Literal["a", "b", "c"] = "a"
     use_id_embedding: bool = False
-    loss: Literal["dense_all_action", "in_batch", "full_softmax"] = "dense_all_action"
+    loss: Literal["dense_all_action", "dense_full", "in_batch", "full_softmax"] = "dense_all_action"
     temperature: float = 0.07
     whiten: bool = True
     whiten_dim: int = 0  # keep this many principal components when whitening (0: all)
@@ -126,6 +126,8 @@ class TrainerSettings(BaseModel):
     window_events: int = 0  # > 0: windows of N events instead of event time
     replay_ratio: float = 1.0
     steps_per_window: int = 50
+    batch_size: int = 64  # sequences per optimiser step (smaller than offline: a step must be cheap)
+    threads: int = 1  # torch intra-op threads of the trainer process (the workers share the cores)
     promote_margin: float = 0.02
     keep_versions: int = 5
     grace_s: float = 0.0  # event time to wait past a window's end before closing it

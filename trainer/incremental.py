@@ -335,7 +335,7 @@ class IncrementalTrainer:
             train_seqs.append(training_sequence(self.reader.sequence(u) or [], end, index, ms.max_seq_len))
         held_current = self.learner.evaluate(held) if current_exists else {}
         before = self.learner.snapshot()
-        train = self.learner.train(train_seqs, self.ts.steps_per_window, ms.batch_size)
+        train = self.learner.train(train_seqs, self.ts.steps_per_window, self.ts.batch_size)
         held_candidate = self.learner.evaluate(held)
         promote = not current_exists or not held_current or (
             held_candidate.get("ndcg@10", 0.0) >= held_current.get("ndcg@10", 0.0) - self.ts.promote_margin
@@ -405,6 +405,7 @@ class IncrementalTrainer:
     # -- the loop -------------------------------------------------------------------------------
     def run(self, poll_s: float = 1.0, max_windows: int | None = None, idle_exit_s: float | None = None) -> Iterable[WindowResult]:
         """Process windows as they close, forever (or `max_windows`, or until idle for `idle_exit_s`)."""
+        torch.set_num_threads(self.ts.threads)
         self.recover()
         idle_since = time.monotonic()
         done = 0
