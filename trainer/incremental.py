@@ -210,6 +210,7 @@ class IncrementalTrainer:
         self.windows_done = 0
         self.applied_at_close = 0
         self.replay_pool: list[str] = []
+        self.popularity: dict[str, int] = {}  # item -> events seen in processed windows (a baseline)
         self.rng = random.Random(settings.model.seed)
 
     # -- recovery ---------------------------------------------------------------------------
@@ -326,6 +327,11 @@ class IncrementalTrainer:
         self.learner.set_catalogue(self.catalogue_raw)
         current_exists = self.registry.current() is not None
         prequential = self.learner.evaluate(examples) if current_exists else {}
+        popularity = self._popularity_baseline(examples) if current_exists else {}
+        for seq in seqs.values():
+            for e in seq:
+                if start <= e.event_time < end:
+                    self.popularity[e.item_id] = self.popularity.get(e.item_id, 0) + 1
 
         fresh = [training_sequence(seqs[u], end, index, ms.max_seq_len) for u in sorted(users)]
         train_seqs, held = split_holdout(fresh)
@@ -345,7 +351,8 @@ class IncrementalTrainer:
         t1 = time.perf_counter()
         applied = self.reader.counters()["applied"]
         window = {"index": self.windows_done, "start": start, "end": end, "applied": applied}
-        metrics = {"prequential": prequential, "holdout_current": held_current, "holdout_candidate": held_candidate}
+        metrics = {"prequential": prequential, "prequential_popularity": popularity,
+                   "holdout_current": held_current, "holdout_candidate": held_candidate}  # fmt: skip
         version = self.publish(window, metrics, promote)
         if not promote:
             log.warning("version %s not promoted: holdout NDCG@10 %.4f < current %.4f - margin %.3f",
@@ -364,11 +371,18 @@ class IncrementalTrainer:
             replay_users=len(replay_users), prequential=prequential, holdout_current=held_current,
             holdout_candidate=held_candidate, train=train, train_s=train_s, publish_s=publish_s,
             version=version.name, promoted=promote, published_at=time.time(),
-            items=len(self.catalogue_ids), note=note,
+            items=len(self.catalogue_ids), note=note, extra={"prequential_popularity": popularity},
         )  # fmt: skip
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(result.__dict__) + "\n")
         return result
+
+    def _popularity_baseline(self, examples: list[tuple[list[int], int]]) -> dict[str, float]:
+        """The same prequential test for a popularity ranking of the windows before this one."""
+        if not examples:
+            return {}
+        pop = torch.tensor([float(self.popularity.get(i, 0)) for i in self.catalogue_ids])
+        return evaluate_examples(lambda hs: pop.expand(len(hs), -1), examples)
 
     # -- publishing -----------------------------------------------------------------------------
     def publish(self, window: dict, metrics: dict, promote: bool) -> Version:
