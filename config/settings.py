@@ -155,6 +155,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=REPO_ROOT / ".learn", description="state, vectors, models, caches")
     shared_data_dir: Path = Field(default=REPO_ROOT.parent / "shared" / "data")
+    # Caches that outlive one deployment's data (the embedding cache, the converted LLM weights):
+    # unset, they live under data_dir; the demo points every run at one place so a second run is warm.
+    cache_dir: Path | None = None
     broker: BrokerSettings = BrokerSettings()
     topics: TopicSettings = TopicSettings()
     worker: WorkerSettings = WorkerSettings()
@@ -187,11 +190,11 @@ class Settings(BaseSettings):
 
     @property
     def cache_path(self) -> Path:
-        return self.data_dir / "embedding-cache"
+        return (self.cache_dir or self.data_dir) / "embedding-cache"
 
     @property
     def models_path(self) -> Path:
-        return self.data_dir / "models"
+        return (self.cache_dir or self.data_dir) / "models"
 
     @property
     def registry_path(self) -> Path:
