@@ -104,7 +104,8 @@ class ModelSettings(BaseModel):
     dropout: float = 0.2
     item_tower: Literal["a", "b", "c"] = "a"
     use_id_embedding: bool = False
-    loss: Literal["dense_all_action", "dense_full", "in_batch", "full_softmax"] = "dense_all_action"
+    # full_softmax: best on validation NDCG@10 (trainer/offline.py's docstring has the numbers)
+    loss: Literal["dense_all_action", "dense_full", "in_batch", "full_softmax"] = "full_softmax"
     temperature: float = 0.07
     whiten: bool = True
     whiten_dim: int = 0  # keep this many principal components when whitening (0: all)
@@ -139,11 +140,21 @@ class TrainerSettings(BaseModel):
 
 
 class ServingSettings(BaseModel):
-    """The HTTP query API."""
+    """The HTTP query API (serving/)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
     token: str = ""  # bearer token; required when host is not loopback
+    # "memory": top-K over an in-memory copy of the current version's item vectors, kept in step with
+    # the vector store, concurrent requests batched; "store": one vector-store search call per request.
+    search: Literal["memory", "store"] = "memory"
+    max_k: int = 100
+    max_batch: int = 64  # requests computed together at most (user tower + search)
+    poll_s: float = 0.5  # how often the registry pointer and the state store are followed
+    sync_s: float = 5.0  # how often the item index and content cache are checked against the store
+    content_cache_items: int = 200_000  # raw content embeddings kept in memory (LRU)
+    torch_threads: int = 1  # intra-op threads of the towers in the API process (0: torch's default)
+    metrics_urls: list[str] = []  # the workers' /metrics pages, re-exported (job label) on the API's /metrics
 
 
 class Settings(BaseSettings):
@@ -199,6 +210,10 @@ class Settings(BaseSettings):
     @property
     def registry_path(self) -> Path:
         return self.data_dir / "registry"
+
+    @property
+    def titles_path(self) -> Path:
+        return self.data_dir / "titles"
 
     @property
     def vector_uri(self) -> str:

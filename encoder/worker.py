@@ -38,6 +38,7 @@ from config import Settings, load_settings
 from encoder.content import ContentEncoder
 from encoder.prompt import build_prompt
 from store.registry import ModelRegistry, Version
+from store.titles import write_titles
 from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore, items_collection
 from streams.app import make_app, raw_topic
 from streams.metrics import BATCH_SIZE, DEAD_LETTERS, LATENCY, RECORDS, register_pages
@@ -81,6 +82,7 @@ class Pending:
     offset: int | None = None
     key: bytes | None = None
     cut: bool = False  # the prompt was cut by characters (megabyte text)
+    title: str = ""  # for display by the query path (store/titles.py)
 
     @property
     def text_hash(self) -> str:
@@ -118,7 +120,8 @@ def parse_batch(events, settings: Settings) -> Batch:
             batch.deletes[rec.item_id] = rec.event_time
         else:
             batch.upserts[rec.item_id] = Pending(rec.item_id, prompt[:max_chars], rec.event_time, ev.value,
-                                                 m.partition, m.offset, ev.key, cut=len(prompt) > max_chars)  # fmt: skip
+                                                 m.partition, m.offset, ev.key, cut=len(prompt) > max_chars,
+                                                 title=(rec.title or "").strip())  # fmt: skip
     return batch
 
 
@@ -279,6 +282,8 @@ class Pipeline:
                 if name == CONTENT or name.startswith(ITEMS_PREFIX):
                     self.store.delete(name, batch.deletes)
             result.deleted = len(batch.deletes)
+        # Titles for the query path's results (serving/ reads them; the vector store holds no display text).
+        write_titles(self.settings.titles_path, {p.item_id: p.title for p in pending if p.title}, batch.deletes)
         result.write_s = time.perf_counter() - t1
         result.version = self.tower.version.name if self.tower.version else None
         return result
