@@ -14,6 +14,10 @@ All take L2-normalised user and item vectors and a temperature tau (logits = cos
    contextual: the tower read the window causally); columns carrying an item of the row's own window,
    or belonging to the same user (`groups`), are masked, so negatives are other users' targets.
 
+4. `dense_full_softmax`: (3)'s dense targets with (2)'s negatives (the whole catalogue, history
+   masked). On this data in-batch negatives are a weak, popularity-skewed sample of the catalogue
+   (see trainer/offline.py for the validation numbers), and the full catalogue is cheap to score.
+
 Default (config.settings.ModelSettings.loss): see trainer/offline.py's module docstring, which states
 the default and the validation numbers it was chosen on.
 """
@@ -122,3 +126,29 @@ def dense_all_action(
         total = total + F.cross_entropy(logits, target, reduction="sum")
         count += int(valid.sum())
     return total / max(count, 1)
+
+
+def dense_full_softmax(
+    user: torch.Tensor,
+    items: torch.Tensor,
+    window: torch.Tensor,
+    window_ids: torch.Tensor,
+    temperature: float,
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The dense all-action targets of `dense_all_action` with the negatives of `full_softmax`:
+    every anchor predicts each of its next W items against the WHOLE catalogue, history masked.
+    user (M, d); items (N, d) context-free catalogue vectors; window (M, W, d) the positives' vectors
+    (contextual for item tower (a)); window_ids (M, W) with -1 past the end; exclude (M, N) history.
+    The window's own items are masked out of the catalogue part, so each positive counts once.
+    -> scalar, mean over valid (anchor, slot) pairs."""
+    M, W, _ = window.shape
+    logits = user @ items.T / temperature  # (M, N)
+    mask = torch.zeros_like(logits, dtype=torch.bool) if exclude is None else exclude.clone()
+    valid = window_ids >= 0  # (M, W)
+    rows = torch.arange(M, device=user.device).view(M, 1).expand(M, W)
+    mask[rows[valid], window_ids[valid]] = True
+    lse = torch.logsumexp(logits.masked_fill(mask, NEG_INF), dim=1, keepdim=True)  # (M, 1)
+    pos = (user.unsqueeze(1) * window).sum(-1) / temperature  # (M, W)
+    nll = torch.logaddexp(pos, lse) - pos  # -log softmax of the positive over {positive} + catalogue
+    return nll[valid].mean()

@@ -43,7 +43,7 @@ class TowerConfig:
     max_seq_len: int = 50
     item_tower: str = "a"  # a | b | c
     use_id_embedding: bool = False
-    loss: str = "dense_all_action"  # dense_all_action | in_batch | full_softmax
+    loss: str = "dense_all_action"  # dense_all_action | dense_full | in_batch | full_softmax
     temperature: float = 0.07
     target_window: int = 5
     max_negatives: int = 1024  # in-batch negatives per anchor (a random pool when the batch has more)
@@ -197,7 +197,7 @@ class LEARN(nn.Module):
         seq, lens = batch["item_seq"], batch["item_seq_len"]  # (B, T), (B,)
         B, T = seq.shape
         cfg = self.cfg
-        W = cfg.target_window if cfg.loss == "dense_all_action" else 1
+        W = cfg.target_window if cfg.loss.startswith("dense") else 1
         states = self.sequence_states(seq)  # (B, T, d_out)
         pos = torch.arange(T, device=seq.device)
         is_anchor = pos.view(1, T) < (lens.view(B, 1) - 1)  # an anchor has at least one next item
@@ -214,6 +214,10 @@ class LEARN(nn.Module):
             exclude = losses.history_mask(seq, anchors, cfg.n_items, self.pad_id)
             return losses.full_softmax(user, items, window_ids[:, 0], cfg.temperature, exclude)
         window = self.window_vectors(window_ids)  # (M, W, d_out)
+        if cfg.loss == "dense_full":
+            items = self.item_vectors()  # (N, d_out)
+            exclude = losses.history_mask(seq, anchors, cfg.n_items, self.pad_id)
+            return losses.dense_full_softmax(user, items, window, window_ids, cfg.temperature, exclude)
         if cfg.loss == "in_batch":
             return losses.in_batch_softmax(user, window[:, 0], window_ids[:, 0], cfg.temperature, cfg.max_negatives)
         return losses.dense_all_action(

@@ -70,3 +70,23 @@ def test_dense_all_action_masks_same_user():
     # same user: the other anchor is masked, each row has only its positive -> loss 0
     assert float(losses.dense_all_action(u, win, ids, 0.1, torch.tensor([0, 0]))) < 1e-6
     assert float(losses.dense_all_action(u, win, ids, 0.1, torch.tensor([0, 1]))) > 0
+
+
+def test_dense_full_softmax_by_hand():
+    torch.manual_seed(2)
+    M, W, N, d = 2, 2, 6, 4
+    u, items, win = unit(torch.randn(M, d)), unit(torch.randn(N, d)), unit(torch.randn(M, W, d))
+    ids = torch.tensor([[1, 2], [3, -1]])
+    exclude = torch.zeros(M, N, dtype=torch.bool)
+    exclude[0, 0] = True  # history of anchor 0
+    loss = losses.dense_full_softmax(u, items, win, ids, 0.5, exclude)
+    total, n = 0.0, 0
+    for i in range(M):
+        keep = [j for j in range(N) if not exclude[i, j] and j not in ids[i].tolist()]
+        for k in range(W):
+            if ids[i, k] < 0:
+                continue
+            logits = torch.cat([(u[i] @ win[i, k]).view(1), u[i] @ items[keep].T]) / 0.5
+            total += -(logits[0] - torch.logsumexp(logits, 0))
+            n += 1
+    assert torch.allclose(loss, total / n, atol=1e-5)

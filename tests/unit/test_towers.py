@@ -12,7 +12,7 @@ def make(tower="a", loss="dense_all_action", **kw):
 
 
 @pytest.mark.parametrize("tower", ["a", "b", "c"])
-@pytest.mark.parametrize("loss", ["dense_all_action", "in_batch", "full_softmax"])
+@pytest.mark.parametrize("loss", ["dense_all_action", "dense_full", "in_batch", "full_softmax"])
 def test_three_calls_shapes_and_backward(tower, loss):
     m = make(tower, loss)
     seq, lens = pad_sequences([[1, 2, 3, 4], [5, 6], [7, 8, 9]], m.pad_id, 10)
