@@ -115,6 +115,7 @@ def publish_random_tower(settings: Settings, d_in: int) -> str:
     (path / "weights.safetensors").write_bytes(b"")
     (path / "config.json").write_text(json.dumps({"bench": "random projection item tower"}))
     reg.commit_version(name)
+    reg.mark_published(name)  # an empty collection is complete: the worker fills it as items arrive
     reg.promote(name)
     return reg.get(name).collection
 
