@@ -176,5 +176,46 @@ def model_rollback(version: str, data_dir: Optional[Path] = DataDir) -> None:
     console.print(f"serving now uses {v.name} (collection {v.collection})")
 
 
+ApiPort = typer.Option(None, "--api-port", help="The query API's port (default: settings.serving.port).")
+
+
+def _api_settings(data_dir: Optional[Path], host: Optional[str], api_port: Optional[int]) -> Settings:
+    s = _settings(data_dir)
+    update = {k: v for k, v in (("host", host), ("port", api_port)) if v is not None}
+    return s.model_copy(update={"serving": s.serving.model_copy(update=update)}) if update else s
+
+
+@app.command()
+def serve(
+    data_dir: Optional[Path] = DataDir,
+    host: Optional[str] = typer.Option(None, help="Bind address (default: settings.serving.host, 127.0.0.1)."),
+    api_port: Optional[int] = ApiPort,
+) -> None:
+    """Run the query API (HTTP, OpenAPI at /docs) until Ctrl-C."""
+    from serving.api import run
+
+    run(_api_settings(data_dir, host, api_port))
+
+
+@app.command()
+def recommend(
+    user: str,
+    k: int = typer.Option(10, help="How many items."),
+    popular: bool = typer.Option(False, "--popular", help="Popular items for an unknown user."),
+    data_dir: Optional[Path] = DataDir,
+    api_port: Optional[int] = ApiPort,
+) -> None:
+    """USER's recommendations with titles, from the running query API (`learn serve`)."""
+    from serving.client import ApiError, base_url, fetch_recommendations, recommendations_table
+
+    s = _api_settings(data_dir, None, api_port)
+    try:
+        rec = fetch_recommendations(base_url(s), user, k, "popular" if popular else "none", s.serving.token)
+    except ApiError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1)
+    console.print(recommendations_table(rec))
+
+
 if __name__ == "__main__":
     app()
