@@ -33,6 +33,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as LEARN_* environment variables (one JSON value per section)."""
     env = {}
     for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue  # unset optional: the default applies (json "null" would be read as a path)
         env[f"LEARN_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
 
