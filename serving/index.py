@@ -53,7 +53,7 @@ class ItemIndex:
 
     @classmethod
     def build(cls, ids: Sequence[str], vectors: np.ndarray, written_at: np.ndarray) -> "ItemIndex":
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # (N, d)
         return cls(list(ids), torch.from_numpy(vectors), np.asarray(written_at, np.float64),
                    {i: r for r, i in enumerate(ids)})  # fmt: skip
 

@@ -1,0 +1,188 @@
+"""The query API over real HTTP (uvicorn on 127.0.0.1) on real stores: per-partition rocksdict state
+written by PartitionState, a registry with exported towers, a milvus-lite file, titles."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import uvicorn
+
+from config import load_settings
+from deploy.broker import free_port
+from serving.api import create_app
+from serving.seed import publish_version, random_unit, write_catalogue, write_sequences
+from store.registry import ModelRegistry
+from store.vectors import CONTENT, VectorStore
+
+pytestmark = pytest.mark.integration
+
+N, D = 300, 32
+IDS = [f"item{j}" for j in range(N)]
+SEQUENCES = {f"user{u}": [IDS[(7 * u + j) % N] for j in range(3 + u % 5)] for u in range(40)}
+SEQUENCES["user0"] = ["item1", "item2", "item3", "ghost"]  # "ghost" was never encoded
+
+
+class Api:
+    """create_app(settings) served by uvicorn in a thread."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1",
+                                                    port=settings.serving.port, log_level="warning"))  # fmt: skip
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{settings.serving.port}"
+
+    def __enter__(self) -> "Api":
+        self.thread.start()
+        wait_for(lambda: httpx.get(f"{self.url}/ready?require_model=true", timeout=2).status_code == 200, 60)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def wait_for(cond, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"not true within {timeout_s}s")
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    """A seeded data dir; the test process holds the milvus-lite file (the encoder worker's role)."""
+    settings = load_settings(data_dir=tmp_path / "data",
+                             serving={"port": free_port(), "poll_s": 0.1, "sync_s": 0.3, "max_k": 50})  # fmt: skip
+    content = random_unit(N, D)
+    store = VectorStore(settings.vector_uri).open()
+    write_catalogue(settings, store, IDS, content, {i: f"Title of {i}" for i in IDS})
+    write_sequences(settings, SEQUENCES)
+    publish_version(settings, store, IDS, content, seed=0)
+    yield settings, store, content
+    store.close()
+
+
+def test_queries_validation_and_metrics(deployment):
+    settings, _, _ = deployment
+    with Api(settings) as api, httpx.Client(base_url=api.url, timeout=10) as c:
+        r = c.get("/users/user0/recommendations", params={"k": 5})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model_version"] == "v000001" and body["source"] == "model" and len(body["items"]) == 5
+        got = [x["item_id"] for x in body["items"]]
+        assert not set(got) & set(SEQUENCES["user0"])  # the user's own items are left out
+        assert all(x["title"] == f"Title of {x['item_id']}" for x in body["items"])
+        assert [x["item_id"] for x in body["recent_items"]] == ["ghost", "item3", "item2", "item1"]
+        assert body["unknown_items"] == ["ghost"]
+
+        r = c.get("/users/stranger/recommendations")
+        assert r.status_code == 404 and "unknown user 'stranger'" in r.json()["detail"]
+        r = c.get("/users/stranger/recommendations", params={"fallback": "popular", "k": 3})
+        assert r.status_code == 200 and r.json()["source"] == "popular" and len(r.json()["items"]) == 3
+        for k in (0, 51, "x"):
+            assert c.get("/users/user1/recommendations", params={"k": k}).status_code == 422
+
+        r = c.post("/recommendations", json={"history": ["item5", "nope", "item6"], "k": 4,
+                                             "filter": {"exclude": ["item9"], "only": IDS[:20]}})  # fmt: skip
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["user_id"] is None and body["unknown_items"] == ["nope"]
+        assert {x["item_id"] for x in body["items"]} <= set(IDS[:20]) - {"item5", "item6", "item9"}
+        r = c.post("/recommendations", json={"history": ["nope"]})
+        assert r.status_code == 422 and r.json()["unknown_items"] == ["nope"]
+        r = c.post("/recommendations", json={"history": ["nope"], "fallback": "popular"})
+        assert r.status_code == 200 and r.json()["source"] == "popular"
+        assert c.post("/recommendations", json={"history": ["item1"], "k": 500}).status_code == 422
+
+        r = c.get("/items/item4/similar", params={"k": 3})
+        assert r.status_code == 200 and r.json()["title"] == "Title of item4"
+        assert "item4" not in [x["item_id"] for x in r.json()["items"]]
+        assert c.get("/items/nope/similar").status_code == 404
+
+        assert c.get("/health").json() == {"status": "ok"}
+        assert c.get("/ready").json()["items_in_memory"] == N
+        assert "/users/{user_id}/recommendations" in c.get("/openapi.json").json()["paths"]
+        text = c.get("/metrics").text
+        assert 'learn_api_request_seconds_count{method="GET",route="/users/{user_id}/recommendations",status="200"}' in text
+        assert "learn_api_search_seconds_count" in text
+
+
+def test_the_api_follows_new_users_new_items_and_deletions(deployment):
+    settings, store, content = deployment
+    with Api(settings) as api, httpx.Client(base_url=api.url, timeout=10) as c:
+        assert c.get("/users/newcomer/recommendations").status_code == 404
+        write_sequences(settings, {"newcomer": ["item10", "item11"]}, t0=1.8e9)
+        wait_for(lambda: c.get("/users/newcomer/recommendations").status_code == 200, 10)
+
+        # a new item, written the encoder worker's way: content, then the current version's vectors
+        version = ModelRegistry(settings.registry_path).current()
+        tower = torch.jit.load(str(version.item_tower_path))
+        fresh = random_unit(1, D, seed=7)
+        store.upsert(CONTENT, ["fresh"], fresh)
+        with torch.no_grad():
+            store.upsert(version.collection, ["fresh"], tower(torch.from_numpy(fresh)).numpy())
+        only = {"history": ["item1"], "k": 3, "filter": {"only": ["fresh", "item2"]}}
+        wait_for(lambda: "fresh" in [x["item_id"] for x in c.post("/recommendations", json=only).json()["items"]], 10)
+
+        store.delete(version.collection, ["item2"])  # a tombstone deletes from every collection
+        store.delete(CONTENT, ["item2"])
+        wait_for(lambda: [x["item_id"] for x in c.post("/recommendations", json=only).json()["items"]] == ["fresh"], 10)
+        assert c.get("/items/item2/similar").status_code == 404
+
+
+def test_versions_switch_under_load_without_failed_requests(deployment):
+    settings, store, content = deployment
+    users = sorted(SEQUENCES)
+    stop, seen, failures = threading.Event(), [], []
+
+    def load(n: int) -> None:
+        with httpx.Client(base_url=api.url, timeout=10) as c:
+            j = n
+            while not stop.is_set():
+                r = c.get(f"/users/{users[j % len(users)]}/recommendations")
+                if r.status_code == 200:
+                    seen.append(r.json()["model_version"])
+                else:
+                    failures.append((r.status_code, r.text))
+                j += 1
+
+    with Api(settings) as api, ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(load, n) for n in range(4)]
+        wait_for(lambda: len(seen) > 20, 10)
+        v2 = publish_version(settings, store, IDS, content, seed=1)  # stage, fill, mark published, promote
+        wait_for(lambda: seen[-1] == v2.name, 30)
+        ModelRegistry(settings.registry_path).promote("v000001")  # and a rollback, still under load
+        wait_for(lambda: seen[-1] == "v000001", 30)
+        n = len(seen)
+        wait_for(lambda: len(seen) > n + 20, 10)
+        stop.set()
+        for f in futures:
+            f.result()
+    assert not failures, failures[:3]
+    assert {"v000001", "v000002"} <= set(seen)
+    switch = seen.index("v000002")
+    assert all(v == "v000002" for v in seen[switch : switch + 10])  # no flapping once switched
+
+
+def test_a_token_is_required_when_configured_and_when_not_on_loopback(deployment):
+    settings, _, _ = deployment
+    with pytest.raises(ValueError, match="token"):
+        create_app(settings.model_copy(update={"serving": settings.serving.model_copy(update={"host": "0.0.0.0"})}))
+    secured = settings.model_copy(update={"serving": settings.serving.model_copy(update={"token": "s3cret"})})
+    with Api(secured) as api, httpx.Client(base_url=api.url, timeout=10) as c:
+        assert c.get("/users/user1/recommendations").status_code == 401
+        assert c.get("/users/user1/recommendations", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/users/user1/recommendations", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/health").status_code == 200  # probes stay open
