@@ -75,7 +75,8 @@ def status(data_dir: Optional[Path] = DataDir) -> None:
 @app.command()
 def demo(
     users: Optional[int] = typer.Option(None, help="Replay only this many users (default: all)."),
-    events_per_s: float = typer.Option(20.0, help="Event-time rate the replay assigns."),
+    events_per_s: float = typer.Option(100.0, help="Event-time rate the replay assigns to interactions."),
+    window_s: float = typer.Option(60.0, help="The trainer's window, in seconds of event time."),
     data_dir: Optional[Path] = DataDir,
     port: Optional[int] = Port,
     run_dir: Optional[Path] = typer.Option(None, help="Where logs and the report go (default: runs/<time>)."),
@@ -84,10 +85,15 @@ def demo(
     """The main job: the whole pipeline on the real Scientific data, with a report."""
     from deploy.demo import run_demo
 
-    run_dir = run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    from deploy.broker import free_port, port_open
+
+    run_dir = (run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
     s = _settings(data_dir or run_dir / "data", port)
-    report = run_demo(s, run_dir.resolve(), users=users, events_per_s=events_per_s, progress=progress,
-                      console=console)  # fmt: skip
+    if port is None and port_open(s.broker.host, s.broker.port):  # another stack runs: don't collide
+        s = _settings(data_dir or run_dir / "data", free_port(s.broker.host))
+        console.print(f"port {load_settings().broker.port} is busy: this demo's broker uses {s.broker.port}")
+    report = run_demo(s, run_dir, users=users, events_per_s=events_per_s, window_s=window_s,
+                      progress=progress, console=console)  # fmt: skip
     raise typer.Exit(0 if report.ok else 1)
 
 
