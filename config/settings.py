@@ -126,8 +126,9 @@ class TrainerSettings(BaseModel):
     window_s: float = 60.0
     window_events: int = 0  # > 0: windows of N events instead of event time
     replay_ratio: float = 1.0
-    steps_per_window: int = 50
-    batch_size: int = 64  # sequences per optimiser step (smaller than offline: a step must be cheap)
+    steps_per_window: int = 150
+    max_train_s: float = 30.0  # a window's training stops after this long, whatever the step count
+    batch_size: int = 128  # sequences per optimiser step
     threads: int = 1  # torch intra-op threads of the trainer process (the workers share the cores)
     promote_margin: float = 0.02
     keep_versions: int = 5

@@ -111,8 +111,10 @@ class OnlineLearner:
         examples = sorted(examples, key=lambda e: len(e[0]))
         return evaluate_examples(model_scorer(self.model, self.cfg.max_seq_len), examples)
 
-    def train(self, seqs: list[list[int]], steps: int, batch_size: int) -> dict:
-        """Up to `steps` optimiser steps over `seqs` (cycled in length-bucketed batches)."""
+    def train(self, seqs: list[list[int]], steps: int, batch_size: int, max_s: float = float("inf")) -> dict:
+        """Up to `steps` optimiser steps over `seqs` (cycled in length-bucketed batches), stopping
+        early after `max_s` seconds so a window's training never outlasts the window."""
+        deadline = time.perf_counter() + max_s
         seqs = [s for s in seqs if len(s) >= 2]
         if not seqs or steps <= 0:
             return {"steps": 0, "loss": None, "samples": 0}
@@ -129,8 +131,10 @@ class OnlineLearner:
                 losses.append(loss.item())
                 samples += len(batch)
                 done += 1
-                if done >= steps:
+                if done >= steps or time.perf_counter() > deadline:
                     break
+            if time.perf_counter() > deadline:
+                break
         self.model.eval()
         return {"steps": done, "loss": float(np.mean(losses)), "samples": samples}
 
@@ -341,7 +345,7 @@ class IncrementalTrainer:
             train_seqs.append(training_sequence(self.reader.sequence(u) or [], end, index, ms.max_seq_len))
         held_current = self.learner.evaluate(held) if current_exists else {}
         before = self.learner.snapshot()
-        train = self.learner.train(train_seqs, self.ts.steps_per_window, self.ts.batch_size)
+        train = self.learner.train(train_seqs, self.ts.steps_per_window, self.ts.batch_size, self.ts.max_train_s)
         held_candidate = self.learner.evaluate(held)
         promote = not current_exists or not held_current or (
             held_candidate.get("ndcg@10", 0.0) >= held_current.get("ndcg@10", 0.0) - self.ts.promote_margin
