@@ -18,11 +18,11 @@ def test_learn_beats_popularity_on_a_subsample(tmp_path):
     from trainer.offline import run_train
 
     torch.set_num_threads(2)
-    ms = s.model.model_copy(update={"item_tower": "a", "max_epochs": 15, "patience": 3, "batch_size": 128})
+    ms = s.model.model_copy(update={"item_tower": "a", "max_epochs": 8, "patience": 3, "batch_size": 128})
     enc = s.encoder.model_copy(update={"model": "minilm"})
     # the repo's embedding cache is shared across runs (the catalogue is encoded once, ~1 min)
     s = s.model_copy(update={"model": ms, "encoder": enc})
-    res = run_train(s, DATASET, tmp_path / "run", users=600, progress=False)
+    res = run_train(s, DATASET, tmp_path / "run", users=400, progress=False)
     pop = res["baselines"]["popularity"]["test"]["ndcg@10"]
     ndcg = res["metrics"]["ndcg@10"]
     assert (tmp_path / "run" / "results.json").exists() and (tmp_path / "run" / "curve.png").exists()
