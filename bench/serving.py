@@ -9,8 +9,9 @@ users' sequences in the state store, an untrained model version published the tr
         random unit vectors of the encoder's width (the result says which)
   100k  a synthetic catalogue: 100,000 random unit content vectors of the same width, 20,000 users
         with 5-50 items drawn by a Zipf-like popularity
-The bench process holds the milvus-lite file (the encoder worker's role); the API runs as its own
-process (uvicorn) and reaches the store over loopback gRPC, as in the running system.
+A separate process holds the milvus-lite file (the encoder worker's role); the API runs as its own
+process (uvicorn) and, like the bench process, reaches the store over loopback gRPC, as in the
+running system.
 
 Per path, against the API over real HTTP (aiohttp, keep-alive) on 127.0.0.1:
   request_p50_ms / request_p99_ms  one client, requests one after another (a single request's latency)
@@ -88,8 +89,27 @@ def synthetic_catalogue(n_items: int, n_users: int, d: int, seed: int = 0):
     return ids, random_unit(n_items, d, seed), titles, sequences, f"random unit vectors (d={d})"
 
 
-def seed_size(size: str, root: Path, base: Settings, store_holder: dict):
-    """Seed (or reuse) the deployment of one size; returns (settings, sequences, content source)."""
+HOST = """
+import sys, time
+from store.vectors import VectorStore
+store = VectorStore(sys.argv[1]).open()
+print(store.mode, flush=True)
+time.sleep(1e9)
+"""
+
+
+def start_store_host(uri: str) -> subprocess.Popen:
+    """A process that holds the milvus-lite file and serves it, as the encoder worker does when running."""
+    proc = subprocess.Popen([sys.executable, "-c", HOST, uri], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    mode = proc.stdout.readline().strip()
+    if mode != "host":
+        proc.kill()
+        raise RuntimeError(f"the store host process became {mode!r}, not host: is {uri} held by another process?")
+    return proc
+
+
+def seed_size(size: str, root: Path, base: Settings):
+    """Seed (or reuse) the deployment of one size -> (settings, sequences, content, ids, content source)."""
     data_dir = root / size
     s = base.model_copy(update={"data_dir": data_dir})
     meta_path = data_dir / "bench-meta.json"
@@ -110,9 +130,7 @@ def seed_size(size: str, root: Path, base: Settings, store_holder: dict):
             store._client.flush(name)
         meta_path.write_text(json.dumps({"items": len(ids), "users": len(sequences), "content": source,
                                          "seed_seconds": time.perf_counter() - t0}))  # fmt: skip
-        store_holder[size] = store
-    else:
-        store_holder[size] = VectorStore(s.vector_uri).open()
+        store.close()
     print(f"[{size}] {len(ids)} items, {len(sequences)} users; content: {source}", flush=True)
     return s, sequences, content, ids, source
 
@@ -127,12 +145,13 @@ async def ask(session, url: str) -> float:
     return time.perf_counter() - t0
 
 
-async def closed_loop(base_url: str, users: list[str], clients: int, n: int, k: int = 10):
-    """`clients` concurrent clients ask for `n` random users' recommendations; (latencies, seconds)."""
+async def closed_loop(base_url: str, users: list[str], clients: int, n: int | None, k: int = 10):
+    """`clients` concurrent clients ask for `n` random users' recommendations (n=None: each user once,
+    in random order); (latencies, seconds)."""
     import aiohttp
 
-    rng = random.Random(1)
-    todo = [rng.choice(users) for _ in range(n)]
+    rng = random.Random(n)
+    todo = rng.sample(users, len(users)) if n is None else [rng.choice(users) for _ in range(n)]
     lat: list[float] = []
     conn = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=conn) as session:
@@ -168,7 +187,7 @@ def measure_api(s: Settings, mode: str, users: list[str], n_seq: int, n_load: in
             time.sleep(0.2)
         ready_s = time.perf_counter() - t0
         # every user once: the content cache holds what steady state holds
-        asyncio.run(closed_loop(base_url, users, clients, len(users)))
+        asyncio.run(closed_loop(base_url, users, clients, None))
         seq, _ = asyncio.run(closed_loop(base_url, users, 1, n_seq))
         loaded, seconds = asyncio.run(closed_loop(base_url, users, clients, n_load))
         return {"request_p50_ms": pct(seq, 50), "request_p99_ms": pct(seq, 99), "requests": len(seq),
@@ -207,6 +226,28 @@ def measure_search(s: Settings, store: VectorStore, sequences: dict, content: np
             {"search_p50_ms": pct(plain, 50), "search_p99_ms": pct(plain, 99), "searches": len(plain)})  # fmt: skip
 
 
+def measure_size(s: Settings, sequences: dict, content: np.ndarray, ids: list[str], source: str, args) -> dict:
+    size = s.data_dir.name
+    users = random.Random(0).sample(sorted(sequences), min(len(sequences), args.users))
+    log = args.work / f"api-{size}.log"
+    store = VectorStore(s.vector_uri).open()  # a guest, like the API
+    try:
+        mem_search, plain_search = measure_search(s, store, sequences, content, ids, 2000, 100)
+    finally:
+        store.close()
+    print(f"[{size}] search alone: memory p50 {mem_search['search_p50_ms']:.2f} ms, "
+          f"plain p50 {plain_search['search_p50_ms']:.1f} ms", flush=True)
+    memory = measure_api(s, "memory", users, args.requests, args.load_requests, args.clients, log)
+    print(f"[{size}] memory: {memory}", flush=True)
+    plain = measure_api(s, "store", users[: args.plain_users], args.plain_requests, args.plain_requests,
+                        args.clients, log)  # fmt: skip
+    print(f"[{size}] plain: {plain}", flush=True)
+    return {**memory, **mem_search, "items": len(ids), "users": len(sequences), "users_asked": len(users),
+            "content": source, "path": "in-memory index of the served version, concurrent requests batched",
+            "plain": {**plain, **plain_search, "path": "one vector-store (milvus-lite) search call per request, "
+                      "over loopback gRPC"}}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="4.4k,100k")
@@ -226,28 +267,17 @@ def main() -> None:
                                                if Path(sys.argv[0]).is_absolute() else sys.argv[0]), *sys.argv[1:]])  # fmt: skip
     results["machine"] = f"{os.cpu_count()} CPU cores (shared with other work), no GPU; load average before: " \
                          f"{os.getloadavg()[0]:.1f}"  # fmt: skip
-    stores: dict = {}
     args.work.mkdir(parents=True, exist_ok=True)
     for size in args.sizes.split(","):
-        s, sequences, content, ids, source = seed_size(size, args.work, base, stores)
-        users = random.Random(0).sample(sorted(sequences), min(len(sequences), args.users))
-        log = args.work / f"api-{size}.log"
-        mem_search, plain_search = measure_search(s, stores[size], sequences, content, ids, 2000, 100)
-        print(f"[{size}] search alone: memory p50 {mem_search['search_p50_ms']:.2f} ms, "
-              f"plain p50 {plain_search['search_p50_ms']:.1f} ms", flush=True)
-        memory = measure_api(s, "memory", users, args.requests, args.load_requests, args.clients, log)
-        print(f"[{size}] memory: {memory}", flush=True)
-        plain = measure_api(s, "store", users[: args.plain_users], args.plain_requests, args.plain_requests,
-                            args.clients, log)  # fmt: skip
-        print(f"[{size}] plain: {plain}", flush=True)
-        results[size] = {**memory, **mem_search, "items": len(ids), "users": len(sequences), "users_asked": len(users), "content": source,
-                         "path": "in-memory index of the served version, concurrent requests batched",
-                         "plain": {**plain, **plain_search, "path": "one vector-store (milvus-lite) search call "
-                                   "per request, over loopback gRPC"}}  # fmt: skip
+        s, sequences, content, ids, source = seed_size(size, args.work, base)
+        host = start_store_host(s.vector_uri)
+        try:
+            results[size] = measure_size(s, sequences, content, ids, source, args)
+        finally:
+            host.terminate()
+            host.wait(30)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
-    for store in stores.values():
-        store.close()
     print(f"wrote {args.out}")
 
 

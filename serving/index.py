@@ -10,9 +10,9 @@ and answers from it; the vector store stays the durable record, and this copy fo
   serving, then one reference assignment swaps them. A request reads the snapshot once, so it is
   answered entirely by one version, and no request fails during a switch.
 - Items added or changed after the version was published (the encoder worker upserts new items into
-  the current version's collection): every `serving.sync_s` the rows with `written_at` at or after the
-  last seen time minus a margin are listed (ids and times only), and the vectors of the rows that are
-  new or newer than the copy's are fetched.
+  the current version's collection): every `serving.sync_s` the rows stamped (`written_at`) since the
+  previous sync began, less a margin, are listed (ids and times only), and the vectors of the rows
+  that are new or newer than the copy's are fetched. Their content embeddings leave the cache too.
 - Items deleted (tombstones delete from every `items_*` collection): the row count is compared with
   the copy's; when the store holds fewer rows, the ids are listed and the missing ones dropped.
 So the copy lags the store by at most about `sync_s` (two syncs when a delete races an insert).
@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 from store.registry import ModelRegistry
-from store.vectors import CONTENT, VectorStore
+from store.vectors import VectorStore
 
 log = logging.getLogger(__name__)
 
-QUERY_CAP = 16384  # Milvus caps one query's results; more changed rows than this -> full reload
+QUERY_CAP = 16384  # Milvus caps one query's results; more changed rows than this -> a scan
 WRITE_MARGIN_S = 10.0  # a writer stamps written_at before its upsert call returns; re-list this window
 SCAN_BATCH = 8192
 
@@ -163,11 +163,11 @@ def load_index(store: VectorStore, name: str) -> ItemIndex:
                            np.array([r["written_at"] for r in rows]))  # fmt: skip
 
 
-def changed_since(store: VectorStore, name: str, since: float) -> list[dict] | None:
-    """(item_id, written_at) of rows written at or after `since`; None when more than one query holds."""
-    rows = store._call("query", name, filter=f"written_at >= {since!r}", output_fields=["item_id", "written_at"],
-                       limit=QUERY_CAP)  # fmt: skip
-    return None if len(rows) >= QUERY_CAP else rows
+def changed_since(store: VectorStore, name: str, since: float) -> list[dict]:
+    """(item_id, written_at) of the rows written at or after `since` (one query, or a scan when more)."""
+    flt = f"written_at >= {since!r}"
+    rows = store._call("query", name, filter=flt, output_fields=["item_id", "written_at"], limit=QUERY_CAP)
+    return rows if len(rows) < QUERY_CAP else list(scan(store, name, ["written_at"], flt))
 
 
 # ---- the served model --------------------------------------------------------------------------
@@ -199,8 +199,9 @@ class ModelFollower:
         self.snapshot: ModelSnapshot | None = None
         self.checked = False  # the registry has been looked at once (readiness)
         self.error: str | None = None
+        self.last_sync_s = 0.0  # how long the last sync took (its store queries dominate)
         self._mtime = -1.0
-        self._content_since = time.time() - WRITE_MARGIN_S
+        self._since = 0.0  # rows stamped from then on are listed by the next sync
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -214,12 +215,13 @@ class ModelFollower:
         if current is None or (self.snapshot is not None and current.name == self.snapshot.version):
             self._mtime, self.checked = mtime, True
             return False
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         tower = torch.jit.load(str(current.user_tower_path), map_location="cpu").eval()
         index = load_index(self.store, current.collection) if self.in_memory else None
         max_len = int(current.config.get("model", {}).get("max_seq_len", 50))
         self.snapshot = ModelSnapshot(current.name, current.collection, tower, index, time.time(), max_len)
         self._mtime, self.checked, self.error = mtime, True, None
+        self._since = started - WRITE_MARGIN_S  # what the scan may have missed
         seconds = time.perf_counter() - t0
         log.info("serving model version %s (%s items in memory, loaded in %.1fs)", current.name,
                  len(index) if index is not None else "no", seconds)  # fmt: skip
@@ -229,35 +231,37 @@ class ModelFollower:
 
     # -- following the store --
     def sync(self) -> None:
-        self._sync_content()
-        snap = self.snapshot
-        if snap is None or snap.index is None:
+        """Bring the snapshot's index up to the rows written since the last sync (see the module doc).
+
+        Only rows stamped at or after (the previous sync's start - WRITE_MARGIN_S) are listed: a row not
+        visible to that sync was stamped less than the margin before it started. The rows that are new
+        or newer than the copy's are fetched; their items' content is dropped from the content cache
+        too (the encoder worker rewrites an item's content and its vector in the same batch).
+        """
+        snap, since = self.snapshot, self._since
+        if snap is None:
             return
+        started = time.time()
+        changed = changed_since(self.store, snap.collection, since)
         index = snap.index
-        changed = changed_since(self.store, snap.collection, index.newest - WRITE_MARGIN_S)
-        if changed is None:  # a burst of writes: reload the whole collection
-            index = load_index(self.store, snap.collection)
+        if index is None:  # store mode: nothing to copy, only the content cache to keep honest
+            stale = [r["item_id"] for r in changed]
         else:
             stale = [r["item_id"] for r in changed
                      if (row := index.row_of.get(r["item_id"])) is None or index.written_at[row] < r["written_at"]]  # fmt: skip
             if stale:
                 got = self.store.get(snap.collection, stale, with_vectors=True)
-                rows = [{"item_id": i, "vector": r.vector, "written_at": r.written_at} for i, r in got.items()]
-                index = index.with_changes(rows, set())
+                index = index.with_changes([{"item_id": i, "vector": r.vector, "written_at": r.written_at}
+                                            for i, r in got.items()], set())  # fmt: skip
             if self.store.count(snap.collection) < len(index):  # something was deleted
                 present = {r["item_id"] for r in scan(self.store, snap.collection, [])}
                 index = index.with_changes([], {i for i in index.ids if i not in present})
-        if index is not snap.index and self.snapshot is snap:  # not replaced by a version switch meanwhile
-            self.snapshot = replace(snap, index=index)
-
-    def _sync_content(self) -> None:
-        """Tell the content cache which items' content embeddings were rewritten (text changes)."""
-        if self.on_content_change is None:
-            return
-        now = time.time()
-        changed = changed_since(self.store, CONTENT, self._content_since) if self.store.has(CONTENT) else []
-        self.on_content_change(None if changed is None else [r["item_id"] for r in changed])
-        self._content_since = now - WRITE_MARGIN_S
+        if stale and self.on_content_change:
+            self.on_content_change(stale)
+        if self.snapshot is snap:  # not replaced by a version switch meanwhile
+            if index is not snap.index:
+                self.snapshot = replace(snap, index=index)
+            self._since = started - WRITE_MARGIN_S
 
     # -- the thread --
     def start(self, poll_s: float, sync_s: float) -> None:
@@ -270,8 +274,10 @@ class ModelFollower:
             try:
                 self.poll()
                 if time.monotonic() >= next_sync:
-                    next_sync = time.monotonic() + sync_s
+                    t0 = time.monotonic()
                     self.sync()
+                    self.last_sync_s = time.monotonic() - t0
+                    next_sync = time.monotonic() + sync_s
             except Exception as e:  # noqa: BLE001 - keep serving the last good snapshot
                 self.error = f"{type(e).__name__}: {e}"
                 self.checked = True

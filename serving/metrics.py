@@ -33,6 +33,8 @@ class ApiMetrics:
         self.switches = Counter("learn_api_model_switches_total", "Model versions switched to", registry=r)
         self.load_seconds = Gauge("learn_api_model_load_seconds", "Time to load the served version", registry=r)
         self.index_items = Gauge("learn_api_index_items", "Item vectors in the in-memory index", registry=r)
+        self.sync_seconds = Gauge("learn_api_sync_seconds", "Time of the last check of the index against the store",
+                                  registry=r)  # fmt: skip
         self.content_cached = Gauge("learn_api_content_cached", "Content embeddings cached", registry=r)
         self.served_at = Gauge("learn_api_model_loaded_timestamp_seconds", "When the served version was loaded",
                                registry=r)  # fmt: skip

@@ -57,6 +57,7 @@ class Runtime:
                 snap = self.follower.snapshot
                 self.metrics.index_items.set(len(snap.index) if snap and snap.index is not None else 0)
                 self.metrics.content_cached.set(len(self.content))
+                self.metrics.sync_seconds.set(self.follower.last_sync_s)
             except Exception:  # noqa: BLE001 - keep serving what was read
                 log.exception("following the state store failed")
 
