@@ -10,6 +10,7 @@ fp32 on CPU and bf16 on CUDA; vectors come back as float32 whatever the compute 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,8 +104,6 @@ class ContentEncoder:
 
     def encode(self, prompts: list[str], progress: bool = False) -> np.ndarray:
         """Content embeddings for `prompts`: float32 (N, d), rows L2-normalised, order kept."""
-        import time
-
         t0 = time.perf_counter()
         self.last_stats = EncodeStats(n=len(prompts))
         if not prompts:
