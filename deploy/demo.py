@@ -198,8 +198,9 @@ def run_demo(
         stack.start_broker()
         stack.create_topics()
         producer = EventProducer(settings)
-        stack.start_worker("encoder", free_port(settings.worker.web_host))
-        stack.start_worker("interactions", free_port(settings.worker.web_host))
+        worker_ports = {name: free_port(settings.worker.web_host) for name in ("encoder", "interactions")}
+        for name, port in worker_ports.items():
+            stack.start_worker(name, port)
         report.seconds["start stack"] = time.monotonic() - t0
 
         # -- items -> content embeddings (the first run's slow part: SmolLM2 at ~11 items/s on 2 cores)
@@ -271,8 +272,9 @@ def run_demo(
 
         # -- queries
         t = time.monotonic()
+        metrics_urls = [f"http://{settings.worker.web_host}:{p}/metrics" for p in worker_ports.values()]
         api = settings.model_copy(update={"serving": settings.serving.model_copy(
-            update={"port": free_port(settings.serving.host)})})  # fmt: skip
+            update={"port": free_port(settings.serving.host), "metrics_urls": metrics_urls})})  # fmt: skip
         stack.start_process("api", api_command(), {**os.environ, **settings_env(api)})
         base = f"http://{api.serving.host}:{api.serving.port}"
         stack.wait_http("api", f"{base}/ready?require_model=true", timeout_s=180)
