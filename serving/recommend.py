@@ -14,7 +14,7 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,8 +174,8 @@ class Recommender:
     titles: TitleReader
     store: VectorStore
     popularity: Popularity
-    observe_search: callable = lambda seconds: None
-    observe_batch: callable = lambda size, seconds: None
+    observe_search: Callable[[float], None] = lambda seconds: None
+    observe_batch: Callable[[int, float], None] = lambda size, seconds: None
     _ranker: MicroBatcher | None = field(default=None, init=False)
     _fetcher: MicroBatcher | None = field(default=None, init=False)
 

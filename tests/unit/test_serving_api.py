@@ -38,3 +38,37 @@ def test_the_table_shows_titles_history_and_unknown_items():
     text = console.export_text()
     for s in ("Lab goggles", "Nitrile gloves", "v000003", "0.910", "zzz"):
         assert s in text
+
+
+def test_workers_metrics_are_re_exported_with_an_instance_label():
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    from serving.metrics import ApiMetrics
+
+    worker = CollectorRegistry()
+    Counter("learn_records_total", "Records", ["worker", "outcome"], registry=worker).labels("encoder", "encoded").inc(7)
+    Counter("process_things_total", "not ours", registry=worker).inc()
+    page = generate_latest(worker)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        metrics = ApiMetrics([f"http://127.0.0.1:{port}/metrics", "http://127.0.0.1:9/metrics"])  # one is down
+        text = generate_latest(metrics.registry).decode()
+    finally:
+        server.shutdown()
+    assert f'learn_records_total{{instance="127.0.0.1:{port}",outcome="encoded",worker="encoder"}} 7.0' in text
+    assert "process_things" not in text and "learn_api_request_seconds" in text
