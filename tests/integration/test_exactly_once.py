@@ -50,6 +50,11 @@ def make_events(n_users: int, per_user: int, rng: random.Random) -> list[Interac
     return events
 
 
+def assignments(stack: Stack, name: str) -> int:
+    """How many partitions the worker `name` has been assigned so far (its log, across restarts)."""
+    return stack.log_path(name).read_text().count("resuming at stored offset")
+
+
 def expected_state(events: list[Interaction], max_len: int, lateness: float):
     seqs: dict[str, list] = {}
     counts: Counter = Counter()
@@ -79,13 +84,17 @@ def test_state_is_exact_after_random_kills_and_rebalances(settings, tmp_path):
         stack.create_topics()
         for name in WORKERS:
             stack.start_worker(name, free_port(), module="streams.interaction_worker")
+        seen = {name: 0 for name in WORKERS}
         thread = threading.Thread(target=produce_slowly)
         thread.start()
         while not produced.is_set() or kills < 4:
-            time.sleep(rng.uniform(2.0, 5.0))  # long enough for the restarted worker to join the group
             victim = rng.choice(WORKERS)
+            # kill a worker that holds partitions: wait for its assignment since it (re)started
+            wait_for(lambda: assignments(stack, victim) > seen[victim], timeout_s=90)
+            time.sleep(rng.uniform(0.1, 1.5))  # ... and has applied some events
             stack.kill(victim)  # SIGKILL, whatever it is doing
             kills += 1
+            seen[victim] = assignments(stack, victim)
             stack.start_worker(victim, free_port(), module="streams.interaction_worker")
         thread.join()
         reader = StateReader(settings.state_path, settings.topics.interactions)
