@@ -48,7 +48,7 @@ def recommendations_table(rec: Recommendations) -> Group:
     top = Table("#", "item", "title", "score", title=f"recommended for {who} ({source})", title_justify="left")
     for n, it in enumerate(rec.items, 1):
         top.add_row(str(n), it.item_id, it.title or "", f"{it.score:.3f}" if rec.source == "model" else f"{it.score:.0f}")
-    parts = [recent, top]
+    parts = [recent, top] if rec.recent_items else [top]
     if rec.unknown_items:
         parts.append(f"[yellow]items without content embeddings (ignored): {', '.join(rec.unknown_items)}[/]")
     return Group(*parts)
