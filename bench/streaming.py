@@ -61,7 +61,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=100.0, help="events per wall-clock second")
     ap.add_argument("--window-s", type=float, default=60.0)
-    ap.add_argument("--steps", type=int, default=60, help="optimiser steps per window")
+    ap.add_argument("--steps", type=int, default=300, help="optimiser steps per window (at most)")
+    ap.add_argument("--max-train-s", type=float, default=30.0, help="training time per window (at most)")
     ap.add_argument("--encoder", default="smollm2")
     ap.add_argument("--users", type=int, default=0, help="replay only this many users (0: all)")
     ap.add_argument("--out", type=Path, default=RESULTS / "streaming.json")
@@ -83,7 +84,8 @@ def main() -> None:
         data_dir=root,
         broker={"port": free_port()},
         encoder={"model": args.encoder},
-        trainer={"window_s": args.window_s, "steps_per_window": args.steps, "poll_s": 0.5},
+        trainer={"window_s": args.window_s, "steps_per_window": args.steps, "max_train_s": args.max_train_s,
+                 "poll_s": 0.5},
     )
     data = load_dataset("amazon-scientific-unisrec", s.shared_data_dir)
     if args.users:
