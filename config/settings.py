@@ -53,6 +53,12 @@ class WorkerSettings(BaseModel):
 
     web_port: int = 6066
     web_host: str = "127.0.0.1"
+    # Consumer groups are "<app_prefix>-<worker>": two deployments (or two tests) on one broker must
+    # use different prefixes, or their workers would share partitions.
+    app_prefix: str = "learn"
+    # How long the group coordinator waits for members to rejoin a rebalance. Short, so a killed
+    # worker's partitions move on quickly (our batches take milliseconds).
+    rebalance_timeout_ms: int = 10_000
     # Events handed to the state update at once (one atomic write batch) and the longest wait.
     take_max: int = 5000
     take_within_s: float = 0.05

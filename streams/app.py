@@ -24,7 +24,7 @@ def make_app(name: str, settings: Settings, has_agents: bool = True) -> faust.Ap
     datadir = settings.data_dir / "faust" / name
     datadir.mkdir(parents=True, exist_ok=True)
     return faust.App(
-        f"learn-{name}",
+        f"{w.app_prefix}-{name}",
         broker=f"kafka://{settings.broker.bootstrap}",
         store="memory://",
         datadir=str(datadir),

@@ -101,6 +101,7 @@ async def consume() -> None:
         auto_offset_reset="earliest",
         session_timeout_ms=b.session_timeout_ms,
         heartbeat_interval_ms=b.heartbeat_interval_ms,
+        rebalance_timeout_ms=w.rebalance_timeout_ms,
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
         # Short broker-side wait: an idle fetch returns quickly, so a new event is seen within ~ms.

@@ -35,6 +35,7 @@ def settings(broker, tmp_path: Path) -> Settings:
     return load_settings(
         data_dir=tmp_path / "data",
         broker={"host": broker[0], "port": broker[1]},
+        worker={"app_prefix": f"learn-{suffix}"},  # own consumer groups: tests share the broker
         topics={"items": f"items-{suffix}", "interactions": f"interactions-{suffix}",
                 "items_dlq": f"items-{suffix}.dlq", "interactions_dlq": f"interactions-{suffix}.dlq"},
     )  # fmt: skip
