@@ -22,6 +22,7 @@ import bisect
 import orjson
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -184,14 +185,21 @@ class StateStore:
     def __init__(self, root: Path, topic: str, sync: bool = False):
         self.root, self.topic, self.sync = root, topic, sync
         self.partitions: dict[int, PartitionState] = {}
+        self._lock = threading.Lock()  # opened from an executor thread and used from the event loop
 
     def partition(self, p: int) -> PartitionState:
-        if p not in self.partitions:
-            self.partitions[p] = PartitionState(self.root / f"{self.topic}-p{p}", self.sync)
-        return self.partitions[p]
+        """The partition's state, opened on first use (one open per process, whichever thread asks)."""
+        with self._lock:
+            if p not in self.partitions:
+                self.partitions[p] = PartitionState(self.root / f"{self.topic}-p{p}", self.sync)
+            return self.partitions[p]
+
+    def is_open(self, p: int) -> bool:
+        return p in self.partitions
 
     def release(self, p: int) -> None:
-        state = self.partitions.pop(p, None)
+        with self._lock:
+            state = self.partitions.pop(p, None)
         if state is not None:
             state.close()
 

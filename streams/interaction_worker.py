@@ -114,7 +114,9 @@ async def consume() -> None:
             batches = await consumer.getmany(timeout_ms=int(w.take_within_s * 1000), max_records=w.take_max)
             done = {}
             for tp, records in batches.items():
-                if tp in consumer.assignment():
+                # Only partitions whose state the rebalance listener has opened (and sought to the
+                # stored offset): records fetched before that are fetched again after the seek.
+                if tp in consumer.assignment() and state.is_open(tp.partition):
                     done[tp] = OffsetAndMetadata(await handle_partition_batch(tp, records), "")
             if done:
                 try:
