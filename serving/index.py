@@ -25,20 +25,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from store.registry import ModelRegistry
-from store.vectors import VectorStore
+from store.vectors import QUERY_CAP, VectorStore
 
 log = logging.getLogger(__name__)
 
-QUERY_CAP = 16384  # Milvus caps one query's results; more changed rows than this -> a scan
 WRITE_MARGIN_S = 10.0  # a writer stamps written_at before its upsert call returns; re-list this window
-SCAN_BATCH = 8192
 
 
 # ---- the index ---------------------------------------------------------------------------------
@@ -130,33 +128,8 @@ class ItemIndex:
 
 
 # ---- reading the store -------------------------------------------------------------------------
-# VectorStore has no scan or filtered query; these go through its `_call`, which re-opens the store
-# after a lost milvus-lite host (store/vectors.py). The query iterator pages by primary key, so a
-# scan costs O(N) (listing by offset pages costs O(N^2) in milvus-lite: 111 s for 100k ids here).
-
-
-def _quiet_mvcc(record: logging.LogRecord) -> bool:
-    """milvus-lite returns no MVCC timestamp to the query iterator, which then uses the client's clock
-    (fine on one machine) and warns on every scan: drop that warning."""
-    return "mvccTs" not in record.getMessage()
-
-
-logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_quiet_mvcc)
-
-
-def scan(store: VectorStore, name: str, fields: list[str], filter: str = "") -> Iterator[dict]:
-    """Every row of a collection (matching `filter`), with `fields`."""
-    it = store._call("query_iterator", name, batch_size=SCAN_BATCH, filter=filter,
-                     output_fields=["item_id", *fields])  # fmt: skip
-    try:
-        while page := it.next():
-            yield from page
-    finally:
-        it.close()
-
-
 def load_index(store: VectorStore, name: str) -> ItemIndex:
-    rows = list(scan(store, name, ["vector", "written_at"]))
+    rows = list(store.scan(name, ["vector", "written_at"]))
     if not rows:
         return ItemIndex.build([], np.zeros((0, store.dim(name)), np.float32), np.zeros(0))
     return ItemIndex.build([r["item_id"] for r in rows], np.asarray([r["vector"] for r in rows], np.float32),
@@ -166,8 +139,8 @@ def load_index(store: VectorStore, name: str) -> ItemIndex:
 def changed_since(store: VectorStore, name: str, since: float) -> list[dict]:
     """(item_id, written_at) of the rows written at or after `since` (one query, or a scan when more)."""
     flt = f"written_at >= {since!r}"
-    rows = store._call("query", name, filter=flt, output_fields=["item_id", "written_at"], limit=QUERY_CAP)
-    return rows if len(rows) < QUERY_CAP else list(scan(store, name, ["written_at"], flt))
+    rows = store.query(name, flt, ["written_at"], limit=QUERY_CAP)
+    return rows if len(rows) < QUERY_CAP else list(store.scan(name, ["written_at"], flt))
 
 
 # ---- the served model --------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +46,9 @@ CONTENT = "content"
 ITEMS_PREFIX = "items_"
 ENDPOINT_FILE = "ENDPOINT"
 MAX_ID_BYTES = 512  # ids are <= 128 characters (streams/schemas.py); UTF-8 needs up to 4 bytes each
-PAGE = 4096  # rows per page when listing ids (Milvus caps query results at 16384)
+QUERY_CAP = 16384  # Milvus caps one query's results at this many rows
+SCAN_BATCH = 8192  # rows per page of a scan
+PAGE = 4096  # rows per page when listing ids by offset
 # pymilvus pings every 10 s; the loopback host's grpc server answers an idle client's pings with
 # GOAWAY "too_many_pings" after a while, which fails the next call. Loopback needs no keepalive.
 LOOPBACK_GRPC = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
@@ -336,14 +338,39 @@ class VectorStore:
         res = self._call("query", name, filter="", output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
+    def query(self, name: str, filter: str, fields: Sequence[str], limit: int = QUERY_CAP) -> list[dict]:
+        """Rows matching a filter expression (at most `limit`, itself at most QUERY_CAP), with `fields`."""
+        return self._call("query", name, filter=filter, output_fields=["item_id", *fields], limit=min(limit, QUERY_CAP))
+
+    def scan(self, name: str, fields: Sequence[str], filter: str = "") -> Iterator[dict]:
+        """Every row of a collection (matching `filter`), with `fields`. The query iterator pages by
+        primary key, so a scan is O(N); paging by offset is O(N^2) in milvus-lite (111 s for 100k ids)."""
+        it = self._call("query_iterator", name, batch_size=SCAN_BATCH, filter=filter, output_fields=["item_id", *fields])
+        try:
+            while page := it.next():
+                yield from page
+        finally:
+            it.close()
+
     def ids(self, name: str) -> list[str]:
-        """Every item id in a collection (paged)."""
+        """Every item id in a collection, paged by offset: slower than `scan` on large collections, but
+        safe for any id (the query iterator pages on `item_id > "<last id>"` without escaping it, so an
+        id with a backslash at a page boundary breaks a scan)."""
         out: list[str] = []
         while True:
             page = self._call("query", name, filter="", output_fields=["item_id"], limit=PAGE, offset=len(out))
             out.extend(r["item_id"] for r in page)
             if len(page) < PAGE:
                 return out
+
+
+def _quiet_mvcc(record: logging.LogRecord) -> bool:
+    """milvus-lite returns no MVCC timestamp to the query iterator, which then uses the client's clock
+    (fine on one machine) and warns on every scan: drop that warning."""
+    return "mvccTs" not in record.getMessage()
+
+
+logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_quiet_mvcc)
 
 
 def _in_filter(ids: Iterable[str]) -> str:
