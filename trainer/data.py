@@ -10,6 +10,7 @@
   brand is the last piece; otherwise the string is split from the right on ". " into title, category,
   brand (the category is empty for those items: "title. . brand."). The root category
   "Industrial & Scientific" is shared by every item and is dropped. No description exists there.
+  (streams/datasets.py holds this parsing, so the live stream and offline training read the same fields.)
 - amazon-scientific-lcrec: `Scientific.item.json` (index -> title, description, brand, categories)
   and `Scientific.inter.json` (user -> chronological items). Leave-one-out built here: last item =
   test target, second-to-last = validation target, the rest = training sequence.
@@ -25,8 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from encoder.prompt import DEFAULT_TEMPLATE, build_prompt
-
-ROOT_CATEGORY = "Industrial & Scientific"
+from streams.datasets import lcrec_fields, read_atomic, split_unisrec_text
 DATASETS = ("amazon-scientific-unisrec", "amazon-scientific-lcrec")
 
 
@@ -78,34 +78,6 @@ class RecData:
 
 
 # -- UniSRec atomic files ----------------------------------------------------------------------
-def split_unisrec_text(text: str) -> dict[str, str]:
-    """"title. category path. brand." -> fields (see the module docstring)."""
-    t = text.strip()
-    if t.endswith("."):
-        t = t[:-1]
-    marker = ". " + ROOT_CATEGORY
-    if marker in t:
-        title, rest = t.split(marker, 1)
-        cats, _, brand = rest.rpartition(". ")
-        if not _:  # no brand piece
-            cats, brand = rest, ""
-    else:
-        parts = t.rsplit(". ", 2)
-        parts = [""] * (3 - len(parts)) + parts if len(parts) < 3 else parts
-        title, cats, brand = parts
-        if not title:  # fewer than three pieces: the text is all title
-            title, cats, brand = t, "", ""
-    cats = cats.strip()
-    if cats.startswith(ROOT_CATEGORY):
-        cats = cats[len(ROOT_CATEGORY) :].strip()
-    return {"title": title.strip(), "categories": cats, "brand": brand.strip(), "description": ""}
-
-
-def _read_atomic(path: Path) -> list[list[str]]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [line.split("\t") for line in lines[1:] if line.strip()]
-
-
 def load_unisrec(directory: Path, prefix: str = "Scientific", history_cap: int = 50) -> RecData:
     directory = Path(directory)
     item2index = {}
@@ -118,14 +90,14 @@ def load_unisrec(directory: Path, prefix: str = "Scientific", history_cap: int =
     item_ids = [""] * n_items
     for asin, idx in item2index.items():
         item_ids[idx] = asin
-    texts = {row[0]: row[1] if len(row) > 1 else "" for row in _read_atomic(directory / f"{prefix}.text")}
+    texts = {row[0]: row[1] if len(row) > 1 else "" for row in read_atomic(directory / f"{prefix}.text")}
     fields = [split_unisrec_text(texts.get(a, "")) for a in item_ids]
 
     user_rows = [line.split("\t")[0] for line in (directory / f"{prefix}.user2index").read_text().splitlines() if line.strip()]
 
     def rows(split: str) -> dict[int, tuple[list[int], int]]:
         out: dict[int, tuple[list[int], int]] = {}
-        for row in _read_atomic(directory / f"{prefix}.{split}.inter"):
+        for row in read_atomic(directory / f"{prefix}.{split}.inter"):
             u, hist, target = int(row[0]), [int(x) for x in row[1].split()], int(row[2])
             if split != "train" or u not in out or len(hist) > len(out[u][0]):
                 out[u] = (hist, target)
@@ -157,17 +129,9 @@ def load_lcrec(directory: Path, prefix: str = "Scientific", history_cap: int = 5
     directory = Path(directory)
     items = json.loads((directory / f"{prefix}.item.json").read_text(encoding="utf-8"))
     n_items = max(int(k) for k in items) + 1
-    fields = [{"title": "", "brand": "", "categories": "", "description": ""} for _ in range(n_items)]
+    fields = [lcrec_fields({}) for _ in range(n_items)]
     for k, v in items.items():
-        cats = v.get("categories", "")
-        if isinstance(cats, str):
-            cats = [c.strip() for c in cats.split(",") if c.strip() and c.strip() != ROOT_CATEGORY]
-        fields[int(k)] = {
-            "title": str(v.get("title") or "").strip(),
-            "brand": str(v.get("brand") or "").strip(),
-            "categories": ", ".join(cats) if isinstance(cats, list) else str(cats),
-            "description": str(v.get("description") or "").strip(),
-        }
+        fields[int(k)] = lcrec_fields(v)
     inter = json.loads((directory / f"{prefix}.inter.json").read_text(encoding="utf-8"))
     users, train, valid, test = [], [], [], []
     for u in sorted(inter, key=int):

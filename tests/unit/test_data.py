@@ -1,6 +1,7 @@
 import json
 
-from trainer.data import load_lcrec, load_unisrec, split_unisrec_text
+from streams.datasets import split_unisrec_text
+from trainer.data import load_lcrec, load_unisrec
 
 
 def test_split_unisrec_text():
