@@ -72,12 +72,17 @@ class EncoderSettings(BaseModel):
 
     # "smollm2" and "minilm" name the packaged models; anything else is a Hugging Face path or id.
     model: str = "smollm2"
-    batch_size: int = 32
+    # Texts per forward pass. bench/encoder.py, SmolLM2 on one idle CPU thread: 10.8 items/s at 8,
+    # 11.0 at 16, 10.1 at 32, 8.7 at 64 (larger batches leave the caches).
+    batch_size: int = 16
     max_tokens: int = 128
     template: str = "Title: {title} Brand: {brand} Category: {categories} Description: {description}"
     device: str = "auto"  # auto | cpu | cuda
-    # Micro-batching of the streaming worker: flush at `batch_size` records or after this many ms.
+    # Micro-batching of the streaming worker: flush at `pool_batches * batch_size` records or after
+    # this many ms. A micro-batch is sorted by token length and cut into forward passes of
+    # `batch_size`, so under a backlog each pass pads little; at a low rate a micro-batch is one pass.
     flush_ms: int = 200
+    pool_batches: int = 8
     # torch intra-op threads for the encoder worker and bench/encoder.py (0: torch's default, all cores).
     # Measured on the shared 2-core machine: SmolLM2, 32 texts: 1.1 s with 1 thread, 7.8 s with 2
     # (other processes busy the cores, and the second thread's waits dominate).
@@ -118,6 +123,8 @@ class ModelSettings(BaseModel):
     max_seq_len: int = 50
     target_window: int = 5
     max_negatives: int = 1024  # in-batch negatives per anchor, sampled when a batch has more
+    # > 0: the full softmax plus this times the paper's dense all-action loss (item towers a/b/c differ)
+    dense_weight: float = 0.0
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 256

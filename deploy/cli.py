@@ -105,9 +105,12 @@ def train(
     model: str = typer.Option("learn", help="learn | zero-training | popularity"),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: settings.model.seed)."),
     users: Optional[int] = typer.Option(None, help="Train/evaluate on a random subset of N users."),
-    loss: Optional[str] = typer.Option(None, help="dense_all_action | in_batch | full_softmax"),
+    loss: Optional[str] = typer.Option(None, help="full_softmax | dense_all_action | dense_full | in_batch"),
     whiten: Optional[bool] = typer.Option(None, "--whiten/--no-whiten", help="Whiten content embeddings."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping on valid NDCG@10)."),
+    dense_weight: Optional[float] = typer.Option(
+        None, help="With the full softmax: weight of the paper's dense all-action loss added to it."
+    ),
     run_dir: Optional[Path] = typer.Option(None, help="Output dir (default: runs/train-<model>-<time>)."),
     data_dir: Optional[Path] = DataDir,
     progress: bool = typer.Option(True, help="Show progress bars."),
@@ -116,7 +119,7 @@ def train(
     from trainer.offline import train_cli
 
     train_cli(_settings(data_dir), dataset, encoder, item_tower, model, seed, users, loss, whiten, epochs,
-              run_dir, progress)  # fmt: skip
+              run_dir, progress, dense_weight=dense_weight)  # fmt: skip
 
 
 model_app = typer.Typer(help="Published model versions (the registry).", no_args_is_help=True)

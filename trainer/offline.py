@@ -120,7 +120,7 @@ def tower_config(ms: ModelSettings, n_items: int, d_llm: int) -> TowerConfig:
         n_items=n_items, d_llm=d_llm, d_model=ms.d_model, n_layers=ms.n_layers, n_heads=ms.n_heads,
         d_out=ms.d_out, dropout=ms.dropout, max_seq_len=ms.max_seq_len, item_tower=ms.item_tower,
         use_id_embedding=ms.use_id_embedding, loss=ms.loss, temperature=ms.temperature,
-        target_window=ms.target_window, max_negatives=ms.max_negatives,
+        target_window=ms.target_window, max_negatives=ms.max_negatives, dense_weight=ms.dense_weight,
     )  # fmt: skip
 
 
@@ -303,10 +303,12 @@ def train_cli(
     run_dir: Path | None = None,
     progress: bool = True,
     threads: int | None = None,
+    dense_weight: float | None = None,
 ) -> dict:
     """`learn train`: command-line options override the settings for this one run, then run_train.
     Prints a short summary; the full record is <run_dir>/results.json."""
-    overrides = {"item_tower": item_tower, "seed": seed, "loss": loss, "whiten": whiten, "max_epochs": epochs}
+    overrides = {"item_tower": item_tower, "seed": seed, "loss": loss, "whiten": whiten, "max_epochs": epochs,
+                 "dense_weight": dense_weight}  # fmt: skip
     ms = settings.model.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     ms = ModelSettings.model_validate(ms.model_dump())  # re-validate the overridden values
     enc = settings.encoder.model_copy(update={"model": encoder} if encoder else {})

@@ -11,6 +11,8 @@ Item towers (LEARN, Fig. 3):
       position of its own target sequence, which is (b)'s computation;
   (b) the PCM, same weights, one item at a time (a sequence of length 1);
   (c) the raw content embedding, through a linear projection only because d_llm != d_out.
+Under a next-item loss the target window is one item, where (a) computes what (b) computes; the dense
+losses (alone, or as an auxiliary term with `dense_weight`) are where the three towers differ.
 
 Every model answers RecBole's three calls, so trainer and evaluator never know which one they drive:
   calculate_loss(batch) -> scalar;  predict(batch) -> (B,);  full_sort_predict(batch) -> (B, N).
@@ -47,6 +49,7 @@ class TowerConfig:
     temperature: float = 0.07
     target_window: int = 5
     max_negatives: int = 1024  # in-batch negatives per anchor (a random pool when the batch has more)
+    dense_weight: float = 0.0  # > 0: add this times the dense all-action loss to a next-item loss
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -197,7 +200,7 @@ class LEARN(nn.Module):
         seq, lens = batch["item_seq"], batch["item_seq_len"]  # (B, T), (B,)
         B, T = seq.shape
         cfg = self.cfg
-        W = cfg.target_window if cfg.loss.startswith("dense") else 1
+        W = cfg.target_window if cfg.loss.startswith("dense") or cfg.dense_weight > 0 else 1
         states = self.sequence_states(seq)  # (B, T, d_out)
         pos = torch.arange(T, device=seq.device)
         is_anchor = pos.view(1, T) < (lens.view(B, 1) - 1)  # an anchor has at least one next item
@@ -212,7 +215,10 @@ class LEARN(nn.Module):
         if cfg.loss == "full_softmax":
             items = self.item_vectors()  # (N, d_out)
             exclude = losses.history_mask(seq, anchors, cfg.n_items, self.pad_id)
-            return losses.full_softmax(user, items, window_ids[:, 0], cfg.temperature, exclude)
+            loss = losses.full_softmax(user, items, window_ids[:, 0], cfg.temperature, exclude)
+            if cfg.dense_weight > 0:  # the paper's dense targets as an auxiliary term (towers differ)
+                loss = loss + cfg.dense_weight * self._dense_all_action(user, anchors, window_ids)
+            return loss
         window = self.window_vectors(window_ids)  # (M, W, d_out)
         if cfg.loss == "dense_full":
             items = self.item_vectors()  # (N, d_out)
@@ -220,8 +226,13 @@ class LEARN(nn.Module):
             return losses.dense_full_softmax(user, items, window, window_ids, cfg.temperature, exclude)
         if cfg.loss == "in_batch":
             return losses.in_batch_softmax(user, window[:, 0], window_ids[:, 0], cfg.temperature, cfg.max_negatives)
+        return self._dense_all_action(user, anchors, window_ids, window)
+
+    def _dense_all_action(self, user, anchors, window_ids, window=None) -> torch.Tensor:
+        """The paper's loss for anchors (M, 2) with user vectors (M, d_out) and windows (M, W)."""
+        window = self.window_vectors(window_ids) if window is None else window  # (M, W, d_out)
         return losses.dense_all_action(
-            user, window, window_ids, cfg.temperature, groups=anchors[:, 0], max_negatives=cfg.max_negatives
+            user, window, window_ids, self.cfg.temperature, groups=anchors[:, 0], max_negatives=self.cfg.max_negatives
         )
 
     def predict(self, batch: dict) -> torch.Tensor:

@@ -59,3 +59,15 @@ def test_item_towers():
 def test_id_embedding_switch():
     assert make().pcm.id_emb is None
     assert make(use_id_embedding=True).pcm.id_emb is not None
+
+
+def test_dense_weight_adds_the_dense_loss_where_towers_a_and_b_differ():
+    seq, lens = pad_sequences([[1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11, 12]], 20, 10)
+    batch = {"item_seq": seq, "item_seq_len": lens}
+    plain_a, plain_b = (make(t, "full_softmax").calculate_loss(batch) for t in "ab")
+    assert torch.allclose(plain_a, plain_b)  # next-item only: (a) computes what (b) computes
+    dense_a, dense_b = (make(t, "full_softmax", dense_weight=0.5).calculate_loss(batch) for t in "ab")
+    assert dense_a > plain_a and dense_b > plain_b  # a positive term was added
+    assert (dense_a - dense_b).abs() > 1e-6  # (a)'s window vectors are contextual (small at init)
+    dense_only = make("a", "dense_all_action").calculate_loss(batch)
+    assert torch.allclose(dense_a, plain_a + 0.5 * dense_only, atol=1e-5)
