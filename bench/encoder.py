@@ -284,8 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"would take hours on this CPU; run with --synthetic 100000 (MiniLM by default)")}  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    result["cpu_note"] = (f"{os.cpu_count()} CPU cores shared with other jobs running at the same time "
-                          f"(load average at the end: {os.getloadavg()[0]:.1f}); figures are lower bounds")  # fmt: skip
+    result["cpu_note"] = (f"{os.cpu_count()} CPU cores; 1-minute load average at the end {os.getloadavg()[0]:.1f} "
+                          f"(other jobs sharing the cores make every figure here lower)")  # fmt: skip
     result["machine"] = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
     result["command"] = " ".join(["python -m bench.encoder", *(argv if argv is not None else sys.argv[1:])])
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -183,8 +183,12 @@ def run_demo(
     console: Console | None = None,
 ) -> DemoReport:
     console = console or Console()
+    # The catalogue is encoded before any interaction is streamed, while every other process idles:
+    # unless configured otherwise, the encoder worker's torch gets every core (0) for that stage.
+    enc_threads = settings.encoder.threads if "threads" in settings.encoder.model_fields_set else 0
     settings = settings.model_copy(update={
         "trainer": settings.trainer.model_copy(update={"window_s": window_s}),
+        "encoder": settings.encoder.model_copy(update={"threads": enc_threads}),
         "cache_dir": settings.cache_dir or REPO_ROOT / ".learn",  # warm second runs
     })  # fmt: skip
     report = DemoReport(run_dir)
@@ -203,7 +207,7 @@ def run_demo(
             stack.start_worker(name, port)
         report.seconds["start stack"] = time.monotonic() - t0
 
-        # -- items -> content embeddings (the first run's slow part: SmolLM2 at ~11 items/s on 2 cores)
+        # -- items -> content embeddings (the first run's slow part; the cache makes later runs fast)
         t = time.monotonic()
         start = time.time() - n_events / events_per_s - 2 * window_s  # the replay's event time ends ~now
         produce(producer.send_item, item_records(ds, start), desc="items", progress=progress)

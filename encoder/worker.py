@@ -1,15 +1,17 @@
 """The encoder worker: `items` -> content embeddings (and item-tower vectors) in the vector store.
 
 Run it with `faust -A encoder.worker worker` (deploy/ does). The agent takes micro-batches of up to
-`encoder.batch_size` records or `encoder.flush_ms` and hands each to plain functions:
+`encoder.pool_batches * encoder.batch_size` records or `encoder.flush_ms` and hands each to plain
+functions (the encoder sorts a micro-batch by token length into forward passes of `batch_size`:
+a backlog is encoded with as little padding as the encoder alone; a trickle, one small pass each):
 
 1. `parse_batch` (pure): decode each record, build its prompt; the last record of an item id in the
    batch wins; refused records become dead letters with their reason.
 2. `Pipeline.count_tokens` (in the executor): prompts longer than `encoder.max_tokens` are truncated;
    each is recorded (row flag `truncated`, a notice on `items.dlq`, a counter).
 3. the dead letters are sent and their delivery awaited: a crash after this re-sends, never loses them.
-4. `Pipeline.write` (in the executor, so the event loop keeps heart-beating while the LLM runs): one
-   forward pass for the batch's cache misses (`ContentEncoder`), then upserts into `content` and, when
+4. `Pipeline.write` (in the executor, so the event loop keeps heart-beating while the LLM runs): the
+   forward passes for the batch's cache misses (`ContentEncoder`), then upserts into `content` and, when
    the registry has a current model version, the item tower's vectors into that version's collection;
    tombstones delete the item from `content` and from every `items_<version>` collection.
 Only after `write` returns (rows durably in the store) does the agent ask for the next batch, which is
@@ -368,7 +370,8 @@ def record_metrics(events, batch: Batch, result: WriteResult, truncated: int) ->
 @app.agent(items)
 async def encode_items(stream):
     within = settings.encoder.flush_ms / 1000
-    async for events in stream.take_events(settings.encoder.batch_size, within=within):
+    take = settings.encoder.batch_size * max(1, settings.encoder.pool_batches)
+    async for events in stream.take_events(take, within=within):
         await handle_batch(events)
 
 
