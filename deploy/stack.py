@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,10 +115,22 @@ class Stack:
         (self.run_dir / f"{name}.pid").write_text(str(self.procs[name].pid))
 
     def __enter__(self) -> "Stack":
+        # SIGTERM (a supervisor, `kill`) unwinds like Ctrl-C, so the processes are stopped, not orphaned.
+        self._old_sigterm = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self._old_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop_all()
+        try:
+            self.stop_all()
+        finally:
+            if self._old_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._old_sigterm)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def stop_pidfiles(run_dir: Path) -> list[str]:
