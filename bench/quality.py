@@ -7,6 +7,9 @@ Runs, in priority order, each in its own process (so its time and peak memory ar
 writes `bench/results/quality/<model>-<encoder>-<variant>-seed<seed>.json` as soon as it finishes;
 a run whose file exists is skipped, so the benchmark can be stopped and resumed:
 - LEARN item towers (a), (b), (c) with the default encoder (SmolLM2-135M) x 3 seeds;
+- the three towers again with the paper's dense all-action loss added to the full softmax
+  (models "learn-{a,b,c}-dense"): under the default next-item loss (a) computes exactly what (b)
+  does, so this is where the towers can be compared;
 - ablations of LEARN-(a) (model "learn-a-ablation", so the headline "learn-a" mean is the default
   configuration only): the MiniLM encoder; whitening off;
 - the zero-training baseline (whitened / raw; SmolLM2 / MiniLM) and popularity (deterministic:
@@ -33,8 +36,8 @@ RUNS_DIR = ROOT / "runs" / "quality"
 DATASET = "amazon-scientific-unisrec"
 SEEDS = (2024, 2025, 2026)
 
-# (model name, encoder, variant, item tower, model-settings overrides)
-VARIANTS = {"default": {}, "nowhiten": {"whiten": False}}
+# variant name -> model-settings overrides of the defaults (config/settings.py: ModelSettings)
+VARIANTS = {"default": {}, "nowhiten": {"whiten": False}, "dense0.5": {"dense_weight": 0.5}}
 
 
 def planned_runs() -> list[dict]:
@@ -46,6 +49,9 @@ def planned_runs() -> list[dict]:
         for tower in "acb":
             runs.append(dict(model=f"learn-{tower}", kind="learn", encoder="smollm2", variant="default", seed=seed, tower=tower))
     for seed in SEEDS:
+        # the three towers where they differ: the full softmax plus the paper's dense all-action term
+        for tower in "abc":
+            runs.append(dict(model=f"learn-{tower}-dense", kind="learn", encoder="smollm2", variant="dense0.5", seed=seed, tower=tower))
         for enc, variant in (("minilm", "default"), ("smollm2", "nowhiten")):
             runs.append(dict(model="learn-a-ablation", kind="learn", encoder=enc, variant=variant, seed=seed, tower="a"))
     return runs
@@ -63,6 +69,8 @@ def command_for(run: dict) -> str:
         cmd += f" --item-tower {run['tower']}"
     if VARIANTS[run["variant"]].get("whiten") is False:
         cmd += " --no-whiten"
+    if "dense_weight" in VARIANTS[run["variant"]]:
+        cmd += f" --dense-weight {VARIANTS[run['variant']]['dense_weight']}"
     return cmd
 
 
@@ -84,12 +92,58 @@ def _child(run: dict, threads: int, queue) -> None:
     queue.put(res)
 
 
+def record_for(run: dict, res: dict, threads: int) -> dict:
+    """One results file: the run's identity, its metrics and costs (what quality_table.py reads)."""
+    return {
+        "model": run["model"],
+        "encoder": res["encoder"] or "none",
+        "encoder_name": run["encoder"],
+        "variant": run["variant"],
+        "dataset": DATASET,
+        "seed": run["seed"],
+        "metrics": res["metrics"],
+        "valid_metrics": res["valid_metrics"],
+        "history_excluded": True,
+        "seconds": res["seconds"],
+        "peak_rss_mb": res["peak_rss_mb"],
+        "config": res["config"],
+        "command": command_for(run),
+        "threads": threads,
+        "best_epoch": res.get("best_epoch"),
+        "train_seconds": res.get("train_seconds"),
+        "encode": res.get("encode"),
+        "baselines": res.get("baselines"),
+    }
+
+
+def adopt(run_dir: Path, threads: int) -> Path:
+    """Record a finished `learn train` run (its results.json) as the planned run with the same
+    model, tower, encoder, seed and settings, instead of training it again."""
+    from config.settings import Settings
+
+    res = json.loads((run_dir / "results.json").read_text())
+    cfg = res["config"]["model"]
+    for run in planned_runs():
+        want = Settings().model.model_copy(update={"seed": run["seed"], "item_tower": run["tower"], **VARIANTS[run["variant"]]})
+        if (run["kind"] == "learn" and res["model"] == f"learn-{run['tower']}" and run["encoder"] == res["config"]["encoder"]["model"]
+                and cfg == want.model_dump()):  # fmt: skip
+            path = file_for(run)
+            path.write_text(json.dumps({**record_for(run, res, threads), "adopted_from": str(run_dir)}, indent=2))
+            return path
+    raise SystemExit(f"{run_dir}: no planned run has exactly this configuration")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="run only models whose name starts with this")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("LEARN_BENCH_THREADS", "1")))
     ap.add_argument("--shard", default="0/1", help="k/n: run only the runs whose index %% n == k")
+    ap.add_argument("--adopt", type=Path, nargs="*", default=[], help="record finished `learn train` run dirs")
     args = ap.parse_args()
+    for d in args.adopt:
+        print(f"adopted {d} -> {adopt(d, args.threads)}")
+    if args.adopt:
+        return
     k, n = (int(x) for x in args.shard.split("/"))
     OUT.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
@@ -103,26 +157,7 @@ def main() -> None:
         p.start()
         res = q.get()
         p.join()
-        record = {
-            "model": run["model"],
-            "encoder": res["encoder"] or "none",
-            "encoder_name": run["encoder"],
-            "variant": run["variant"],
-            "dataset": DATASET,
-            "seed": run["seed"],
-            "metrics": res["metrics"],
-            "valid_metrics": res["valid_metrics"],
-            "history_excluded": True,
-            "seconds": res["seconds"],
-            "peak_rss_mb": res["peak_rss_mb"],
-            "config": res["config"],
-            "command": command_for(run),
-            "threads": args.threads,
-            "best_epoch": res.get("best_epoch"),
-            "train_seconds": res.get("train_seconds"),
-            "encode": res.get("encode"),
-            "baselines": res.get("baselines"),
-        }
+        record = record_for(run, res, args.threads)
         path.write_text(json.dumps(record, indent=2))
         print(f"    test ndcg@10 {res['metrics']['ndcg@10']:.4f} valid {res['valid_metrics']['ndcg@10']:.4f} "
               f"{res['seconds']:.0f}s {res['peak_rss_mb']:.0f}MB", flush=True)  # fmt: skip

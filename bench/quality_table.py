@@ -15,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "bench" / "results" / "quality"
 KEYS = ("ndcg@10", "recall@10", "ndcg@50", "recall@50", "mrr")
-ORDER = ["learn-a", "learn-b", "learn-c", "sasrec-recbole", "learn-a-ablation", "zero-training", "popularity"]
+ORDER = ["learn-a", "learn-b", "learn-c", "sasrec-recbole", "learn-a-dense", "learn-b-dense", "learn-c-dense",
+         "learn-a-ablation", "zero-training", "popularity"]
 
 
 def encoder_name(run: dict) -> str:
