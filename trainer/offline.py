@@ -26,10 +26,12 @@ Defaults and why (chosen on validation NDCG@10 only, full UniSRec split, SmolLM2
   are contextual window vectors and the catalogue's are context-free, so the model separates the
   two kinds instead of the items; its loss falls while validation falls)
 - next-item full softmax with history masking (default):        0.0904 (best epoch 36 of 40)
+- the default plus 0.5 x the dense all-action loss, (a):        0.0864 (best epoch 38 of 40)
 In-batch negatives are a popularity-skewed sample of 1,024 items and lose to the exact softmax over
 all 4,385 items, which is cheap here. Consequence, stated plainly: under a next-item loss the target
 window has one item, so item tower (a) computes exactly what (b) computes, and (a) == (b) for the
-same seed; the towers differ only under the dense losses (`--loss dense_all_action`).
+same seed; the towers differ only under the dense losses (`--loss dense_all_action`, or the dense
+term added to the default with `--dense-weight`; bench/quality.py compares a, b, c that way).
 """
 
 from __future__ import annotations
