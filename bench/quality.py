@@ -11,7 +11,7 @@ a run whose file exists is skipped, so the benchmark can be stopped and resumed:
   (models "learn-{a,b,c}-dense"): under the default next-item loss (a) computes exactly what (b)
   does, so this is where the towers can be compared;
 - ablations of LEARN-(a) (model "learn-a-ablation", so the headline "learn-a" mean is the default
-  configuration only): the MiniLM encoder; whitening off;
+  configuration only): the MiniLM encoder; whitening off; wider towers (d 128, d 256);
 - the zero-training baseline (whitened / raw; SmolLM2 / MiniLM) and popularity (deterministic:
   one run each).
 Every run uses trainer/offline.run_train, i.e. `learn train` with the same options (the JSON's
@@ -37,7 +37,13 @@ DATASET = "amazon-scientific-unisrec"
 SEEDS = (2024, 2025, 2026)
 
 # variant name -> model-settings overrides of the defaults (config/settings.py: ModelSettings)
-VARIANTS = {"default": {}, "nowhiten": {"whiten": False}, "dense0.5": {"dense_weight": 0.5}}
+VARIANTS = {
+    "default": {},
+    "nowhiten": {"whiten": False},
+    "dense0.5": {"dense_weight": 0.5},
+    "d128": {"d_model": 128, "d_out": 128},
+    "d256": {"d_model": 256, "d_out": 256, "n_heads": 4},
+}
 
 
 def planned_runs() -> list[dict]:
@@ -50,9 +56,9 @@ def planned_runs() -> list[dict]:
             runs.append(dict(model=f"learn-{tower}", kind="learn", encoder="smollm2", variant="default", seed=seed, tower=tower))
     for seed in SEEDS:
         # the three towers where they differ: the full softmax plus the paper's dense all-action term
-        for tower in "abc":
+        for tower in "cab":
             runs.append(dict(model=f"learn-{tower}-dense", kind="learn", encoder="smollm2", variant="dense0.5", seed=seed, tower=tower))
-        for enc, variant in (("minilm", "default"), ("smollm2", "nowhiten")):
+        for enc, variant in (("minilm", "default"), ("smollm2", "nowhiten"), ("smollm2", "d128"), ("smollm2", "d256")):
             runs.append(dict(model="learn-a-ablation", kind="learn", encoder=enc, variant=variant, seed=seed, tower="a"))
     return runs
 
@@ -69,8 +75,11 @@ def command_for(run: dict) -> str:
         cmd += f" --item-tower {run['tower']}"
     if VARIANTS[run["variant"]].get("whiten") is False:
         cmd += " --no-whiten"
-    if "dense_weight" in VARIANTS[run["variant"]]:
-        cmd += f" --dense-weight {VARIANTS[run['variant']]['dense_weight']}"
+    overrides = VARIANTS[run["variant"]]
+    if "dense_weight" in overrides:
+        cmd += f" --dense-weight {overrides['dense_weight']}"
+    env = " ".join(f"LEARN_MODEL__{k.upper()}={v}" for k, v in overrides.items() if k not in ("whiten", "dense_weight"))
+    cmd = f"{env} {cmd}" if env else cmd
     return cmd
 
 
