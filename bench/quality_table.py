@@ -56,9 +56,13 @@ def main() -> None:
         "`bench/quality_table.py` from `bench/results/quality/*.json`.",
         "",
         "`seconds` is wall-clock for the whole run (catalogue embeddings from the cache, training,",
-        "evaluation; LEARN runs: 1 torch thread) on the shared 2-core CPU machine while other jobs ran",
-        "(load average 6-7 during the LEARN runs), so it overstates the time on an idle machine. A cold",
-        "SmolLM2 encode of the catalogue adds ~430 s (710 s under load), MiniLM ~40 s.",
+        "evaluation; LEARN runs: 1 torch thread) on the 2-core CPU machine, with another job on the other",
+        "core (the first LEARN runs and SASRec seeds 2020/2021 ran at load average 6-7 and took 2-3x",
+        "longer than later ones). A cold SmolLM2 encode of the catalogue adds ~300 s on 2 idle cores.",
+        "",
+        "Rows: `learn-a/b/c` = the default configuration (next-item full softmax, d 64); `learn-*-dense` =",
+        "the same plus 0.5 x the paper's dense all-action loss, where item towers (a) and (b) differ (under",
+        "a next-item loss they compute the same thing); `learn-a-ablation` = one change to LEARN-(a).",
         "",
         "| model | encoder | variant | n | NDCG@10 | Recall@10 | NDCG@50 | Recall@50 | MRR | valid NDCG@10 | seconds | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -71,9 +75,9 @@ def main() -> None:
         rss = ms([r["peak_rss_mb"] for r in g if r.get("peak_rss_mb") is not None], 0)
         lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {len(g)} | " + " | ".join(cells) + f" | {valid} | {secs} | {rss} |")
 
-    def mean_of(model: str, enc: str | None = None) -> tuple[float | None, int]:
+    def mean_of(model: str, enc: str | None = None, variant: str = "default") -> tuple[float | None, int]:
         v = [r["metrics"]["ndcg@10"] for (m, e, var), g in groups.items() for r in g
-             if m == model and var == "default" and (enc is None or e == enc)]  # fmt: skip
+             if m == model and var == variant and (enc is None or e == enc)]  # fmt: skip
         return (statistics.mean(v), len(v)) if v else (None, 0)
 
     a, na = mean_of("learn-a")
@@ -89,7 +93,12 @@ def main() -> None:
     else:
         lines.append(f"- LEARN-(a) / SASRec ratio: not available yet (learn-a runs: {na}, sasrec-recbole runs: {ns}).")
     if None not in (a, b, c):
-        lines.append(f"- Ordering a > b > c: {a:.4f} / {b:.4f} / {c:.4f} — {'holds' if a > b > c else 'does NOT hold'}.")
+        lines.append(f"- Ordering a > b > c: {a:.4f} / {b:.4f} / {c:.4f} — {'holds' if a > b > c else 'does NOT hold'}"
+                     f"{' (a and b are the same computation under the next-item loss)' if a == b else ''}.")  # fmt: skip
+    ad, bd, cd = (mean_of(f"learn-{t}-dense", variant="dense0.5")[0] for t in "abc")
+    if None not in (ad, bd, cd):
+        lines.append(f"- With the dense term (towers differ), a > b > c: {ad:.4f} / {bd:.4f} / {cd:.4f} — "
+                     f"{'holds' if ad > bd > cd else 'does NOT hold'}.")  # fmt: skip
     if a is not None and z is not None:
         lines.append(f"- LEARN-(a) over its own encoder's zero-training baseline: {a:.4f} vs {z:.4f} ({a / z:.2f}×).")
     (ROOT / "bench" / "results" / "quality.md").write_text("\n".join(lines) + "\n")
