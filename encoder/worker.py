@@ -274,10 +274,12 @@ class Pipeline:
             hashes = [p.text_hash for p in pending]
             times = [p.event_time for p in pending]
             cut = [p.item_id in truncated for p in pending]
-            self.store.ensure_collection(CONTENT, content.shape[1])
-            self.store.upsert(CONTENT, ids, content, hashes, self.encoder.model_id, times, cut)
+            # The searchable item-tower rows first: a content row then implies the item is searchable
+            # (a crash in between re-delivers the record, and both upserts are idempotent).
             if self.tower.version is not None:
                 self._upsert_items(ids, content, hashes, times, cut)
+            self.store.ensure_collection(CONTENT, content.shape[1])
+            self.store.upsert(CONTENT, ids, content, hashes, self.encoder.model_id, times, cut)
             result.upserted = len(pending)
         if batch.deletes:
             for name in self.store.collections():
