@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 
 import psutil
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 
 from config import load_settings
 from deploy.broker import free_port
 from deploy.stack import Stack
 from store.state import StateReader
 from streams.datasets import read_unisrec
-from streams.producer import EventProducer, make_producer
+from streams.producer import make_producer
 from streams.replay import interaction_events, interleave
 from streams.schemas import Interaction, encode
 

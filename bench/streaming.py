@@ -24,21 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from config import load_settings
 from deploy.broker import free_port
 from deploy.stack import Stack, settings_env
-from store.registry import ModelRegistry
-from store.state import StateReader
 from store.vectors import CONTENT, VectorStore
 from streams.producer import EventProducer
 from streams.replay import interleave
 from streams.schemas import ActionType, Interaction
 from trainer.data import load_dataset
-from trainer.evaluation import evaluate_examples
 from trainer.incremental import IncrementalTrainer, plot_windows, read_windows
 
 RESULTS = Path(__file__).parent / "results"

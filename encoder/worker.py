@@ -41,7 +41,7 @@ from encoder.content import ContentEncoder
 from encoder.prompt import build_prompt
 from store.registry import ModelRegistry, Version
 from store.titles import write_titles
-from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore, items_collection
+from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore
 from streams.app import make_app, raw_topic
 from streams.metrics import BATCH_SIZE, DEAD_LETTERS, LATENCY, RECORDS, register_pages
 from streams.schemas import DeadLetter, RecordError, dead_letter, decode_item, encode

@@ -227,7 +227,7 @@ class ModelFollower:
                 index = index.with_changes([{"item_id": i, "vector": r.vector, "written_at": r.written_at}
                                             for i, r in got.items()], set())  # fmt: skip
             if self.store.count(snap.collection) < len(index):  # something was deleted
-                present = {r["item_id"] for r in scan(self.store, snap.collection, [])}
+                present = {r["item_id"] for r in self.store.scan(snap.collection, [])}
                 index = index.with_changes([], {i for i in index.ids if i not in present})
         if stale and self.on_content_change:
             self.on_content_change(stale)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import random
 import resource
 import time
@@ -244,7 +243,7 @@ def run_train(
     ms, enc = s.model, s.encoder
     if threads:
         torch.set_num_threads(threads)
-    run_dir = Path(run_dir or Path("runs") / time.strftime(f"train-%Y%m%d-%H%M%S"))
+    run_dir = Path(run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S"))
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_dataset(dataset, s.shared_data_dir, history_cap=ms.max_seq_len).subsample(users, seed=ms.seed)
 

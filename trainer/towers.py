@@ -23,7 +23,6 @@ an anchor that predicts what follows it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch

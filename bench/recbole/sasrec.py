@@ -31,7 +31,6 @@ import resource
 import shlex
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
