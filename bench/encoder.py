@@ -218,36 +218,37 @@ def fresh_settings(base: Settings, model: str, root: Path) -> Settings:
                                    "vectors": base.vectors.model_copy(update={"uri": ""})})  # fmt: skip
 
 
-def synthetic_only(base: Settings, args, argv) -> dict:
-    """The worker on a synthetic catalogue of `--synthetic` items (default 100,000) made from the real
-    texts, with its model's encoder-alone rate at the same batch size measured first in the same run;
-    written into the `synthetic` entry of `--out`, the other entries kept."""
-    n = args.synthetic or 100_000
-    model = args.synthetic_model
+def synthetic_entry(base: Settings, model: str, n: int, sample_size: int, root: Path) -> dict:
+    """The worker on a synthetic catalogue of `n` items made from the real texts, with `model`'s
+    encoder-alone rate at the same batch size measured first, in the same run."""
     settings = base.model_copy(update={"encoder": base.encoder.model_copy(update={"model": model})})
     recs = catalogue(settings)
-    sample = [prompt_of(r, settings) for r in random.Random(0).sample(recs, args.sample)]
+    sample = [prompt_of(r, settings) for r in random.Random(0).sample(recs, sample_size)]
     print(f"encoder alone: {model}, {len(sample)} texts, torch threads {torch.get_num_threads()}")
     enc = bench_encoder(settings, sample, [settings.encoder.batch_size])
     alone = enc["per_batch_size"][str(settings.encoder.batch_size)]["items_per_s"]
+    print(f"worker end to end: synthetic catalogue of {n} items with {model}")
+    w = bench_worker(fresh_settings(settings, model, root / "synthetic"), synthetic(recs, n), enc["hidden_size"], 0, 0)
+    print(f"synthetic: {n} items, worker {w['items_per_s']:.1f} items/s = {w['items_per_s'] / alone:.2f}x "
+          f"the encoder alone ({alone:.1f} items/s)")  # fmt: skip
+    return {"model": model, "batch_size": settings.encoder.batch_size, "torch_threads": torch.get_num_threads(),
+            "encoder_alone_items_per_s": alone, "worker_vs_encoder": w["items_per_s"] / alone, **w,
+            "load_average_1m_at_end": os.getloadavg()[0]}  # fmt: skip
+
+
+def synthetic_only(base: Settings, args, argv) -> dict:
+    """`--synthetic-only`: the synthetic run alone (default 100,000 items), written into the
+    `synthetic` entry of `--out`, the other entries kept."""
     root = Path(tempfile.mkdtemp(prefix="bench-encoder-"))
     try:
-        s = fresh_settings(settings, model, root / "synthetic")
-        print(f"worker end to end: synthetic catalogue of {n} items with {model}")
-        w = bench_worker(s, synthetic(recs, n), enc["hidden_size"], 0, 0)
+        entry = synthetic_entry(base, args.synthetic_model, args.synthetic or 100_000, args.sample, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result["synthetic"] = {
-        "model": model, "batch_size": settings.encoder.batch_size, "torch_threads": torch.get_num_threads(),
-        "encoder_alone_items_per_s": alone, "worker_vs_encoder": w["items_per_s"] / alone, **w,
-        "load_average_1m_at_end": os.getloadavg()[0],
-        "command": " ".join(["python -m bench.encoder", *(argv if argv is not None else sys.argv[1:])]),
-    }  # fmt: skip
+    result["synthetic"] = {**entry, "command": " ".join(["python -m bench.encoder", *(argv if argv is not None else sys.argv[1:])])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"synthetic: {n} items, worker {w['items_per_s']:.1f} items/s = {w['items_per_s'] / alone:.2f}x "
-          f"the encoder alone ({alone:.1f} items/s); written: {args.out}")  # fmt: skip
+    print(f"written: {args.out}")
     return result
 
 
@@ -311,15 +312,11 @@ def main(argv: list[str] | None = None) -> dict:
                           freshness_p50_s=w["freshness"]["p50_s"], freshness_p99_s=w["freshness"]["p99_s"],
                           worker=w)  # fmt: skip
         if args.synthetic:
-            s = fresh_settings(settings, args.synthetic_model, root / "synthetic")
-            print(f"worker end to end: synthetic catalogue of {args.synthetic} items with {args.synthetic_model}")
-            llm_dim = 384 if args.synthetic_model == "minilm" else enc["hidden_size"]
-            result["synthetic"] = {"model": args.synthetic_model,
-                                   **bench_worker(s, synthetic(recs, args.synthetic), llm_dim, 0, 0)}  # fmt: skip
+            result["synthetic"] = synthetic_entry(base, args.synthetic_model, args.synthetic, args.sample, root)
         else:
             result["synthetic"] = {"run": False, "why": (
                 f"{len(recs) * 23} items at the measured ~{result.get('worker_items_per_s', batched):.0f} items/s "
-                f"would take hours on this CPU; run with --synthetic 100000 (MiniLM by default)")}  # fmt: skip
+                f"would take hours on this CPU; run with --synthetic-only (MiniLM, 100,000 items by default)")}  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result["cpu_note"] = (f"{os.cpu_count()} CPU cores; 1-minute load average at the end {os.getloadavg()[0]:.1f} "
