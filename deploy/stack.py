@@ -101,6 +101,15 @@ class Stack:
         os.killpg(proc.pid, sig)
         proc.wait()
 
+    def pause(self, name: str, seconds: float) -> None:
+        """Freeze one process (SIGSTOP) for `seconds`, then let it go on (SIGCONT): a long stall."""
+        pgid = self.procs[name].pid
+        os.killpg(pgid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.killpg(pgid, signal.SIGCONT)
+
     def stop(self, name: str) -> None:
         proc = self.procs.pop(name, None)
         if proc is not None:

@@ -167,3 +167,27 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(settings
             ids = s.ids(CONTENT)
             assert s.count(CONTENT) == len(ids) == len(set(ids)) == n
             assert set(ids) == {f"item-{i}" for i in range(n)}
+
+
+def test_consumption_resumes_after_the_group_evicted_a_paused_worker(settings, tmp_path):
+    """A worker frozen past the session timeout (SIGSTOP: a long GC, a swapped-out host) is evicted from
+    its consumer group; once it runs again it must rejoin and go on consuming, not idle forever."""
+    n = 1200
+    rng = random.Random(7)
+    timeout_s = settings.broker.session_timeout_ms / 1000
+    with Stack(settings, tmp_path / "run") as stack:
+        stack.create_topics()
+        with EventProducer(settings) as p:
+            for i in range(n):
+                p.send_item(item(i))
+        stack.start_worker("encoder", free_port())
+        pauses = 0
+        for _ in range(3):
+            before = count(settings)
+            wait_for(lambda: count(settings) > before + 50 or count(settings) == n, timeout_s=60, every_s=0.05)
+            if count(settings) == n:
+                break
+            stack.pause("encoder", seconds=rng.uniform(1.5, 3.0) * timeout_s)  # mid-backlog: evicted
+            pauses += 1
+        assert pauses >= 2 and count(settings) < n  # the backlog outlived the evictions
+        wait_for(lambda: count(settings) == n, timeout_s=120)
