@@ -69,32 +69,61 @@ def naive_encode(llm, prompts: list[str], max_tokens: int) -> np.ndarray:
     return np.stack(out)
 
 
-def bench_encoder(settings: Settings, prompts: list[str], batch_sizes: list[int]) -> dict:
-    llm = load_llm(settings.encoder.model, settings.models_path, settings.encoder.device)
-    lengths = [min(len(x), settings.encoder.max_tokens) for x in llm.tokenizer(prompts)["input_ids"]]
+def time_batched(settings: Settings, llm, prompts: list[str], batch_size: int) -> tuple[float, np.ndarray]:
+    """Seconds and vectors of the batched, length-bucketed path (ContentEncoder, cache bypassed)."""
+    enc = ContentEncoder(settings.encoder.model_copy(update={"batch_size": batch_size}), settings.models_path,
+                         cache=None, llm=llm)  # fmt: skip
+    t = time.perf_counter()
+    vecs = enc.encode(prompts)
+    return time.perf_counter() - t, vecs
+
+
+def bench_encoder(settings: Settings, prompts: list[str], batch_sizes: list[int], bf16: bool = True) -> dict:
+    e = settings.encoder
+    llm = load_llm(e.model, settings.models_path, e.device, e.dtype)
+    lengths = [min(len(x), e.max_tokens) for x in llm.tokenizer(prompts)["input_ids"]]
     tokens = int(sum(lengths))
-    warm = ContentEncoder(settings.encoder, settings.models_path, cache=None, llm=llm)
-    warm.encode(prompts[:8])
+    ContentEncoder(e, settings.models_path, cache=None, llm=llm).encode(prompts[:8])  # warm-up
     per_batch = {}
     batched_vecs = None
     for b in batch_sizes:
-        enc = ContentEncoder(settings.encoder.model_copy(update={"batch_size": b}), settings.models_path,
-                             cache=None, llm=llm)  # fmt: skip
-        t = time.perf_counter()
-        vecs = enc.encode(prompts)
-        s = time.perf_counter() - t
+        s, vecs = time_batched(settings, llm, prompts, b)
         per_batch[str(b)] = {"items_per_s": len(prompts) / s, "tokens_per_s": tokens / s, "seconds": s}
         print(f"  batched, batch {b:3d}: {len(prompts) / s:7.1f} items/s  {tokens / s:8.0f} tokens/s", flush=True)
-        if b == settings.encoder.batch_size:
+        if b == e.batch_size:
             batched_vecs = vecs
     t = time.perf_counter()
-    naive_vecs = naive_encode(llm, prompts, settings.encoder.max_tokens)
+    naive_vecs = naive_encode(llm, prompts, e.max_tokens)
     s = time.perf_counter() - t
-    naive = {"items_per_s": len(prompts) / s, "tokens_per_s": tokens / s, "seconds": s}
-    print(f"  naive (1 text, padded to {settings.encoder.max_tokens}): {naive['items_per_s']:7.1f} items/s", flush=True)
+    naive = {"items_per_s": len(prompts) / s, "tokens_per_s": tokens / s, "seconds": s,
+             "padded_tokens_per_s": len(prompts) * e.max_tokens / s}  # fmt: skip
+    print(f"  naive (1 text, padded to {e.max_tokens}): {naive['items_per_s']:7.1f} items/s", flush=True)
     diff = float(np.abs(naive_vecs - batched_vecs).max()) if batched_vecs is not None else None
-    return {"per_batch_size": per_batch, "naive": naive, "tokens": tokens, "mean_tokens": tokens / len(prompts),
-            "naive_vs_batched_max_abs_diff": diff, "hidden_size": llm.hidden_size, "device": str(llm.device)}  # fmt: skip
+    out = {"per_batch_size": per_batch, "naive": naive, "tokens": tokens, "mean_tokens": tokens / len(prompts),
+           "naive_vs_batched_max_abs_diff": diff, "hidden_size": llm.hidden_size, "device": str(llm.device),
+           "dtype": str(llm.dtype).removeprefix("torch.")}  # fmt: skip
+    if bf16 and llm.dtype == torch.float32:
+        out["bfloat16"] = bench_bfloat16(settings, prompts, tokens, batched_vecs)
+    return out
+
+
+def bench_bfloat16(settings: Settings, prompts: list[str], tokens: int, fp32_vecs: np.ndarray) -> dict:
+    """The same batched path and naive loop with `encoder.dtype = "bfloat16"` (an option, not the CPU
+    default): speed, and how far its vectors are from the fp32 ones."""
+    e = settings.encoder.model_copy(update={"dtype": "bfloat16"})
+    llm = load_llm(e.model, settings.models_path, e.device, e.dtype)
+    bs = settings.model_copy(update={"encoder": e})
+    time_batched(bs, llm, prompts[:8], e.batch_size)  # warm-up
+    s, vecs = time_batched(bs, llm, prompts, e.batch_size)
+    t = time.perf_counter()
+    naive_encode(llm, prompts, e.max_tokens)
+    naive_s = time.perf_counter() - t
+    cos = (vecs * fp32_vecs).sum(1)
+    print(f"  bfloat16: batched {len(prompts) / s:7.1f} items/s, naive {len(prompts) / naive_s:7.1f} items/s, "
+          f"min cosine to fp32 {cos.min():.5f}", flush=True)  # fmt: skip
+    return {"batch_size": e.batch_size, "items_per_s": len(prompts) / s, "tokens_per_s": tokens / s,
+            "naive_items_per_s": len(prompts) / naive_s, "cosine_to_fp32_min": float(cos.min()),
+            "cosine_to_fp32_mean": float(cos.mean())}  # fmt: skip
 
 
 # ---- 2 and 3. the worker end to end --------------------------------------------------------------
@@ -225,7 +254,7 @@ def synthetic_entry(base: Settings, model: str, n: int, sample_size: int, root: 
     recs = catalogue(settings)
     sample = [prompt_of(r, settings) for r in random.Random(0).sample(recs, sample_size)]
     print(f"encoder alone: {model}, {len(sample)} texts, torch threads {torch.get_num_threads()}")
-    enc = bench_encoder(settings, sample, [settings.encoder.batch_size])
+    enc = bench_encoder(settings, sample, [settings.encoder.batch_size], bf16=False)
     alone = enc["per_batch_size"][str(settings.encoder.batch_size)]["items_per_s"]
     print(f"worker end to end: synthetic catalogue of {n} items with {model}")
     w = bench_worker(fresh_settings(settings, model, root / "synthetic"), synthetic(recs, n), enc["hidden_size"], 0, 0)
@@ -299,9 +328,19 @@ def main(argv: list[str] | None = None) -> dict:
         "naive_items_per_s": enc["naive"]["items_per_s"],
         "naive_tokens_per_s": enc["naive"]["tokens_per_s"],
         "batched_vs_naive": batched / enc["naive"]["items_per_s"],
+        # batched_vs_naive = padding_ratio x per_token_speedup: the naive loop runs max_tokens per text
+        # against mean_tokens, and per token the batched path is this much faster than one padded text
+        "padding_ratio": settings.encoder.max_tokens / enc["mean_tokens"],
+        "per_token_speedup": enc["per_batch_size"][str(settings.encoder.batch_size)]["tokens_per_s"]
+        / enc["naive"]["padded_tokens_per_s"],
         "encoder": enc,
         "sample_texts": len(sample),
     }
+    if "bfloat16" in enc:  # the option, measured in the same run (the default above stays fp32 on CPU)
+        bf = enc["bfloat16"]
+        result.update(bf16_batched_items_per_s=bf["items_per_s"], bf16_naive_items_per_s=bf["naive_items_per_s"],
+                      bf16_batched_vs_fp32_naive=bf["items_per_s"] / enc["naive"]["items_per_s"],
+                      bf16_cosine_to_fp32_min=bf["cosine_to_fp32_min"])  # fmt: skip
     root = Path(tempfile.mkdtemp(prefix="bench-encoder-"))
     try:
         if not args.skip_worker:
@@ -325,7 +364,8 @@ def main(argv: list[str] | None = None) -> dict:
     result["command"] = " ".join(["python -m bench.encoder", *(argv if argv is not None else sys.argv[1:])])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    keys = ["batched_items_per_s", "naive_items_per_s", "batched_vs_naive", "worker_items_per_s",
+    keys = ["batched_items_per_s", "naive_items_per_s", "batched_vs_naive", "padding_ratio", "per_token_speedup",
+            "bf16_batched_items_per_s", "bf16_batched_vs_fp32_naive", "bf16_cosine_to_fp32_min", "worker_items_per_s",
             "worker_vs_encoder", "freshness_p50_s", "freshness_p99_s", "model", "device", "batch_size"]  # fmt: skip
     for k in keys:
         v = result.get(k)

@@ -78,6 +78,10 @@ class EncoderSettings(BaseModel):
     max_tokens: int = 128
     template: str = "Title: {title} Brand: {brand} Category: {categories} Description: {description}"
     device: str = "auto"  # auto | cpu | cuda
+    # Compute dtype. auto: float32 on CPU, bfloat16 on CUDA (LEARN's choice). bfloat16 on a CPU with
+    # AMX (bench/encoder.py measures it: ~3.5x the fp32 rate here) changes the vectors slightly, so
+    # it has its own embedding-cache namespace (model id suffix "|bf16").
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # Micro-batching of the streaming worker: flush at `pool_batches * batch_size` records or after
     # this many ms. A micro-batch is sorted by token length and cut into forward passes of
     # `batch_size`, so under a backlog each pass pads little; at a low rate a micro-batch is one pass.

@@ -4,7 +4,7 @@ One object serves the offline trainer (the whole catalogue) and the streaming en
 micro-batch at a time): `encode(prompts)` looks every prompt up in the embedding cache, runs the LLM
 only on the misses, and stores what it computed. Misses are sorted by token length and padded per
 batch (length bucketing), so short texts never pay for long ones. No gradients, `inference_mode`,
-fp32 on CPU and bf16 on CUDA; vectors come back as float32 whatever the compute dtype.
+fp32 on CPU and bf16 on CUDA unless settings.encoder.dtype says otherwise; vectors come back as float32 whatever the compute dtype.
 """
 
 from __future__ import annotations
@@ -60,15 +60,20 @@ class ContentEncoder:
     def llm(self) -> LoadedLLM:
         """Loaded on first use, so a fully cached catalogue never loads the model."""
         if self._llm is None:
-            self._llm = load_llm(self.settings.model, self.models_path, self.settings.device)
+            s = self.settings
+            self._llm = load_llm(s.model, self.models_path, s.device, s.dtype)
         return self._llm
 
     @property
     def model_id(self) -> str:
         """Stable id of the model + pooling + max tokens: the cache's namespace."""
-        from encoder.llm import resolve_model_id
+        from encoder.llm import dtype_tag, resolve_device, resolve_dtype, resolve_model_id
 
-        base = self._llm.model_id if self._llm else resolve_model_id(self.settings.model)
+        s = self.settings
+        if self._llm:
+            base = self._llm.model_id
+        else:
+            base = resolve_model_id(s.model) + dtype_tag(resolve_dtype(resolve_device(s.device), s.dtype))
         return f"{base}|mean|l2|max{self.settings.max_tokens}"
 
     @property

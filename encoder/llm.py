@@ -6,7 +6,8 @@ Names:
   `<data_dir>/models/llm/smollm2/` and later loads read that directory (seconds).
 - "minilm": the packaged sentence-transformers all-MiniLM-L6-v2 directory.
 - anything else: a local Hugging Face model directory or an id already in the local HF cache.
-Nothing is ever downloaded (HF_HUB_OFFLINE=1 is set before loading). The model comes back in eval
+The weights are loaded in the compute dtype (settings.encoder.dtype); a non-fp32 dtype is part
+of the model id. Nothing is ever downloaded (HF_HUB_OFFLINE=1 is set before loading). The model comes back in eval
 mode with every parameter's requires_grad False; decoder tokenizers get a padding token (EOS) and
 right padding, so real tokens never attend to padding.
 """
@@ -49,6 +50,18 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def resolve_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
+    """The compute dtype: "auto" is bfloat16 on CUDA and float32 elsewhere."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+
+def dtype_tag(dtype: torch.dtype) -> str:
+    """The model-id suffix of a compute dtype ("" for float32, so fp32 ids and caches stay as they were)."""
+    return "" if dtype == torch.float32 else "|" + {torch.bfloat16: "bf16"}.get(dtype, str(dtype))
 
 
 def _smollm2_dir(models_path: Path) -> Path:
@@ -97,14 +110,14 @@ def resolve_model_id(name: str) -> str:
     return f"hf:{name}"
 
 
-def load_llm(name: str, models_path: Path, device: str = "auto") -> LoadedLLM:
+def load_llm(name: str, models_path: Path, device: str = "auto", dtype: str = "auto") -> LoadedLLM:
     """Load a frozen encoder model by settings name. See the module docstring."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
 
     path, model_id = resolve_model_dir(name, Path(models_path))
     dev = resolve_device(device)
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype = resolve_dtype(dev, dtype)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:  # decoder-only models ship without one
         tok.pad_token = tok.eos_token
@@ -113,4 +126,4 @@ def load_llm(name: str, models_path: Path, device: str = "auto") -> LoadedLLM:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return LoadedLLM(name, model_id, model, tok, int(model.config.hidden_size), dev, dtype)
+    return LoadedLLM(name, model_id + dtype_tag(dtype), model, tok, int(model.config.hidden_size), dev, dtype)

@@ -71,3 +71,19 @@ def test_truncation_is_reported(tmp_path):
     enc.encode(["abcdef", "ab"])
     assert enc.last_stats.truncated == 1
     assert enc.model_id.endswith("max3")
+
+
+def test_bfloat16_on_cpu_is_its_own_cache_namespace_and_close_to_float32(tmp_path):
+    """The real packaged MiniLM in fp32 and in bf16: different model ids (two cache namespaces, never
+    mixed), vectors that agree to cosine > 0.99, both float32 and unit length."""
+    prompts = ["Title: Pyrex beaker 250 ml Brand: Pyrex", "Title: nitrile gloves, size M", "Title: pH meter"]
+    cache = EmbeddingCache(tmp_path / "c")
+    fp32 = ContentEncoder(EncoderSettings(model="minilm", device="cpu"), models_path=tmp_path, cache=cache)
+    bf16 = ContentEncoder(EncoderSettings(model="minilm", device="cpu", dtype="bfloat16"), models_path=tmp_path,
+                          cache=cache)  # fmt: skip
+    assert bf16.model_id == fp32.model_id.replace("|mean", "|bf16|mean") != fp32.model_id  # before loading
+    a, b = fp32.encode(prompts), bf16.encode(prompts)
+    assert bf16.llm.dtype == torch.bfloat16 and bf16.model_id.endswith("|bf16|mean|l2|max128")
+    assert bf16.last_stats.encoded == 3 and bf16.last_stats.cache_hits == 0  # fp32's rows are not reused
+    assert a.dtype == b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-3)
+    assert (a * b).sum(1).min() > 0.99 and not np.array_equal(a, b)
