@@ -352,6 +352,8 @@ def main(argv: list[str] | None = None) -> dict:
                           worker=w)  # fmt: skip
         if args.synthetic:
             result["synthetic"] = synthetic_entry(base, args.synthetic_model, args.synthetic, args.sample, root)
+        elif args.out.exists() and json.loads(args.out.read_text()).get("synthetic", {}).get("command"):
+            result["synthetic"] = json.loads(args.out.read_text())["synthetic"]  # an earlier --synthetic-only run
         else:
             result["synthetic"] = {"run": False, "why": (
                 f"{len(recs) * 23} items at the measured ~{result.get('worker_items_per_s', batched):.0f} items/s "

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""The validation sweep behind LEARN's training defaults (issue 3): one seed, validation only.
+
+    .venv/bin/python bench/quality_sweep.py [--adopt runs/exp3/*]
+
+LEARN-(a), SmolLM2, seed 2024, one setting of config/settings.py's ModelSettings changed at a time
+from the defaults; each run is `learn train` with that override (the JSON's "command"). Only
+validation NDCG@10 (the early-stopping metric) is recorded: the test split is not read here, so a
+default chosen from this table was not tuned on test. Runs are written to
+`bench/results/quality_sweep.json` as each finishes; finished ones are skipped on a restart, and
+`--adopt DIR...` records finished `learn train` run dirs whose configuration matches a planned run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "results" / "quality_sweep.json"
+SEED = 2024
+
+# name -> ModelSettings overrides; "default" is the reference row
+SWEEP = {
+    "default": {},
+    "dropout=0.0": {"dropout": 0.0},
+    "dropout=0.1": {"dropout": 0.1},
+    "dropout=0.35": {"dropout": 0.35},
+    "dropout=0.5": {"dropout": 0.5},
+    "temperature=0.05": {"temperature": 0.05},
+    "temperature=0.1": {"temperature": 0.1},
+    "lr=0.002": {"lr": 0.002},
+    "weight_decay=0.1": {"weight_decay": 0.1},
+    "whiten_dim=256": {"whiten_dim": 256},
+    "n_layers=1": {"n_layers": 1},
+    "n_layers=3": {"n_layers": 3},
+}
+
+
+def model_settings(overrides: dict):
+    from config.settings import Settings
+
+    return Settings().model.model_copy(update={"seed": SEED, "item_tower": "a", **overrides})
+
+
+def command_for(overrides: dict) -> str:
+    env = " ".join(f"LEARN_MODEL__{k.upper()}={v}" for k, v in overrides.items())
+    return f"{env} learn train --dataset amazon-scientific-unisrec --encoder smollm2 --item-tower a --seed {SEED}".strip()
+
+
+def record(name: str, overrides: dict, res: dict) -> dict:
+    """Validation figures only (see the module docstring)."""
+    return {"name": name, "overrides": overrides, "seed": SEED, "encoder": res["encoder"],
+            "valid_metrics": res["valid_metrics"], "best_epoch": res["best_epoch"],
+            "epochs_run": len(res["curve"]), "seconds": res["seconds"], "peak_rss_mb": res["peak_rss_mb"],
+            "command": command_for(overrides)}  # fmt: skip
+
+
+def _child(overrides: dict, queue) -> None:
+    import os
+
+    import torch
+
+    torch.set_num_threads(1)
+    from config.settings import Settings
+    from trainer.offline import run_train
+
+    s = Settings(data_dir=Path(os.environ.get("LEARN_BENCH_DATA_DIR", ROOT / "runs" / "bench-data")))
+    s = s.model_copy(update={"model": model_settings(overrides)})
+    name = "sweep-" + "-".join(f"{k}{v}" for k, v in overrides.items()) if overrides else "sweep-default"
+    queue.put(run_train(s, "amazon-scientific-unisrec", ROOT / "runs" / "quality" / name, progress=False))
+
+
+def load() -> list[dict]:
+    return json.loads(OUT.read_text()) if OUT.exists() else []
+
+
+def save(rows: list[dict]) -> None:
+    order = list(SWEEP)
+    rows = sorted(rows, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    OUT.write_text(json.dumps(rows, indent=2))
+
+
+def same_config(got: dict, want: dict) -> bool:
+    """A run's recorded model config equals `want`; a field the run predates counts as its default
+    (every field was added with a default that keeps the earlier behaviour)."""
+    from config.settings import ModelSettings
+
+    return all(got.get(k, ModelSettings.model_fields[k].default) == v for k, v in want.items())
+
+
+def adopt(run_dirs: list[Path]) -> None:
+    rows = {r["name"]: r for r in load()}
+    for d in run_dirs:
+        res = json.loads((d / "results.json").read_text())
+        if res.get("model") != "learn-a":
+            continue
+        for name, overrides in SWEEP.items():
+            if res["config"]["encoder"]["model"] == "smollm2" and same_config(res["config"]["model"], model_settings(overrides).model_dump()):
+                rows[name] = {**record(name, overrides, res), "adopted_from": str(d)}
+                print(f"adopted {d} as {name}")
+    save(list(rows.values()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--adopt", type=Path, nargs="*", default=[], help="record finished `learn train` run dirs")
+    args = ap.parse_args()
+    if args.adopt:
+        adopt([d for d in args.adopt if (d / "results.json").exists()])
+    else:
+        ctx = mp.get_context("spawn")
+        for name, overrides in SWEEP.items():
+            if name in {r["name"] for r in load()}:
+                continue
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: {command_for(overrides)}", flush=True)
+            q = ctx.Queue()
+            p = ctx.Process(target=_child, args=(overrides, q))
+            p.start()
+            res = q.get()
+            p.join()
+            save(load() + [record(name, overrides, res)])
+    rows = load()
+    ref = next((r["valid_metrics"]["ndcg@10"] for r in rows if r["name"] == "default"), None)
+    print(f"{'setting':20s} valid NDCG@10   vs default  best epoch")
+    for r in rows:
+        v = r["valid_metrics"]["ndcg@10"]
+        print(f"{r['name']:20s} {v:.4f}          {v / ref:5.3f}x     {r['best_epoch']}" if ref else f"{r['name']:20s} {v:.4f}")
+
+
+if __name__ == "__main__":
+    main()
