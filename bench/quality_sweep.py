@@ -5,8 +5,8 @@
 
 LEARN-(a), SmolLM2, seed 2024, one setting of config/settings.py's ModelSettings changed at a time
 from the defaults; each run is `learn train` with that override (the JSON's "command"). Only
-validation NDCG@10 (the early-stopping metric) is recorded: the test split is not read here, so a
-default chosen from this table was not tuned on test. Runs are written to
+validation NDCG@10 (the early-stopping metric) is recorded: `learn train` scores the test split
+too, but this sweep neither records nor prints it, so a default chosen here is not tuned on test. Runs are written to
 `bench/results/quality_sweep.json` as each finishes; finished ones are skipped on a restart, and
 `--adopt DIR...` records finished `learn train` run dirs whose configuration matches a planned run.
 """
@@ -37,6 +37,7 @@ SWEEP = {
     "lr=0.002": {"lr": 0.002},
     "weight_decay=0.1": {"weight_decay": 0.1},
     "whiten_dim=256": {"whiten_dim": 256},
+    "max_epochs=80": {"max_epochs": 80},
     "n_layers=1": {"n_layers": 1},
     "n_layers=3": {"n_layers": 3},
 }
