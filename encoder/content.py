@@ -4,7 +4,8 @@ One object serves the offline trainer (the whole catalogue) and the streaming en
 micro-batch at a time): `encode(prompts)` looks every prompt up in the embedding cache, runs the LLM
 only on the misses, and stores what it computed. Misses are sorted by token length and padded per
 batch (length bucketing), so short texts never pay for long ones. No gradients, `inference_mode`,
-fp32 on CPU and bf16 on CUDA unless settings.encoder.dtype says otherwise; vectors come back as float32 whatever the compute dtype.
+fp32 on CPU and bf16 on CUDA unless settings.encoder.dtype says otherwise; vectors come back as
+float32 whatever the compute dtype.
 """
 
 from __future__ import annotations

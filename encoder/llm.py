@@ -6,10 +6,11 @@ Names:
   `<data_dir>/models/llm/smollm2/` and later loads read that directory (seconds).
 - "minilm": the packaged sentence-transformers all-MiniLM-L6-v2 directory.
 - anything else: a local Hugging Face model directory or an id already in the local HF cache.
-The weights are loaded in the compute dtype (settings.encoder.dtype); a non-fp32 dtype is part
-of the model id. Nothing is ever downloaded (HF_HUB_OFFLINE=1 is set before loading). The model comes back in eval
-mode with every parameter's requires_grad False; decoder tokenizers get a padding token (EOS) and
-right padding, so real tokens never attend to padding.
+The weights are loaded in the compute dtype (settings.encoder.dtype); a non-fp32 dtype is part of
+the model id, so caches never mix precisions. Nothing is ever downloaded (HF_HUB_OFFLINE=1 is set
+before loading). The model comes back in eval mode with every parameter's requires_grad False;
+decoder tokenizers get a padding token (EOS) and right padding, so real tokens never attend to
+padding.
 """
 
 from __future__ import annotations
