@@ -5,7 +5,8 @@
 
 1. Encoder alone, embedding cache bypassed, on a seeded sample of the Scientific catalogue's prompts:
    the batched, length-bucketed path (`ContentEncoder.encode`) at several batch sizes, against a naive
-   loop over the same texts (one text per forward pass, padded to max_tokens), in the same run.
+   loop over the same texts (one text per forward pass, padded to max_tokens), in the same run,
+   interleaved over `--rounds` rounds (median); then the same with `encoder.dtype = "bfloat16"`.
 2. Worker end to end, with a fresh data dir (cold cache, empty vector store) and a promoted model
    version (a random-projection item tower, so "searchable" means in the current version's
    collection): all 4,385 item texts produced to a real broker; items/s until all are written.
@@ -78,29 +79,42 @@ def time_batched(settings: Settings, llm, prompts: list[str], batch_size: int) -
     return time.perf_counter() - t, vecs
 
 
-def bench_encoder(settings: Settings, prompts: list[str], batch_sizes: list[int], bf16: bool = True) -> dict:
+def bench_encoder(settings: Settings, prompts: list[str], batch_sizes: list[int], bf16: bool = True,
+                  rounds: int = 1) -> dict:
+    """Each batch size and the naive loop `rounds` times, interleaved (batched sizes, naive, again),
+    so a slow minute of the machine does not land on one side only; rates from the median time."""
     e = settings.encoder
     llm = load_llm(e.model, settings.models_path, e.device, e.dtype)
     lengths = [min(len(x), e.max_tokens) for x in llm.tokenizer(prompts)["input_ids"]]
     tokens = int(sum(lengths))
     ContentEncoder(e, settings.models_path, cache=None, llm=llm).encode(prompts[:8])  # warm-up
-    per_batch = {}
-    batched_vecs = None
-    for b in batch_sizes:
-        s, vecs = time_batched(settings, llm, prompts, b)
-        per_batch[str(b)] = {"items_per_s": len(prompts) / s, "tokens_per_s": tokens / s, "seconds": s}
-        print(f"  batched, batch {b:3d}: {len(prompts) / s:7.1f} items/s  {tokens / s:8.0f} tokens/s", flush=True)
-        if b == e.batch_size:
-            batched_vecs = vecs
-    t = time.perf_counter()
-    naive_vecs = naive_encode(llm, prompts, e.max_tokens)
-    s = time.perf_counter() - t
-    naive = {"items_per_s": len(prompts) / s, "tokens_per_s": tokens / s, "seconds": s,
-             "padded_tokens_per_s": len(prompts) * e.max_tokens / s}  # fmt: skip
-    print(f"  naive (1 text, padded to {e.max_tokens}): {naive['items_per_s']:7.1f} items/s", flush=True)
+    times: dict[str, list[float]] = {str(b): [] for b in batch_sizes} | {"naive": []}
+    batched_vecs = naive_vecs = None
+    for r in range(rounds):
+        for b in batch_sizes:
+            s, vecs = time_batched(settings, llm, prompts, b)
+            times[str(b)].append(s)
+            print(f"  round {r + 1}, batched, batch {b:3d}: {len(prompts) / s:7.1f} items/s  {tokens / s:8.0f} tokens/s",
+                  flush=True)  # fmt: skip
+            if b == e.batch_size:
+                batched_vecs = vecs
+        t = time.perf_counter()
+        naive_vecs = naive_encode(llm, prompts, e.max_tokens)
+        times["naive"].append(time.perf_counter() - t)
+        print(f"  round {r + 1}, naive (1 text, padded to {e.max_tokens}): "
+              f"{len(prompts) / times['naive'][-1]:7.1f} items/s", flush=True)  # fmt: skip
+
+    def rates(key: str) -> dict:
+        s = float(np.median(times[key]))
+        return {"items_per_s": len(prompts) / s, "tokens_per_s": tokens / s, "seconds": s,
+                "items_per_s_per_round": [len(prompts) / x for x in times[key]]}  # fmt: skip
+
+    per_batch = {str(b): rates(str(b)) for b in batch_sizes}
+    naive = {**rates("naive"), "padded_tokens_per_s": len(prompts) * e.max_tokens / float(np.median(times["naive"]))}
     diff = float(np.abs(naive_vecs - batched_vecs).max()) if batched_vecs is not None else None
-    out = {"per_batch_size": per_batch, "naive": naive, "tokens": tokens, "mean_tokens": tokens / len(prompts),
-           "naive_vs_batched_max_abs_diff": diff, "hidden_size": llm.hidden_size, "device": str(llm.device),
+    out = {"per_batch_size": per_batch, "naive": naive, "rounds": rounds, "tokens": tokens,
+           "mean_tokens": tokens / len(prompts), "naive_vs_batched_max_abs_diff": diff,
+           "hidden_size": llm.hidden_size, "device": str(llm.device),
            "dtype": str(llm.dtype).removeprefix("torch.")}  # fmt: skip
     if bf16 and llm.dtype == torch.float32:
         out["bfloat16"] = bench_bfloat16(settings, prompts, tokens, batched_vecs)
@@ -286,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default=None, help="encoder model (default: settings.encoder.model)")
     ap.add_argument("--sample", type=int, default=384, help="texts for the encoder-alone measurements")
     ap.add_argument("--batch-sizes", default="8,16,32,64")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the encoder-alone timings (median)")
     ap.add_argument("--fresh-items", type=int, default=300, help="items produced for the freshness run")
     ap.add_argument("--fresh-rate", type=float, default=5.0)
     ap.add_argument("--skip-worker", action="store_true")
@@ -315,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
         sizes.append(settings.encoder.batch_size)
     print(f"encoder alone: {model}, {len(sample)} texts, cache bypassed, torch threads {torch.get_num_threads()}")
     result_threads = torch.get_num_threads()
-    enc = bench_encoder(settings, sample, sizes)
+    enc = bench_encoder(settings, sample, sizes, rounds=args.rounds)
     batched = enc["per_batch_size"][str(settings.encoder.batch_size)]["items_per_s"]
     result = {
         "model": model,

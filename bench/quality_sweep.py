@@ -40,6 +40,7 @@ SWEEP = {
     "max_epochs=80": {"max_epochs": 80},
     "n_layers=1": {"n_layers": 1},
     "n_layers=3": {"n_layers": 3},
+    "use_id_embedding=True": {"use_id_embedding": True},  # off by default: cold items must score
 }
 
 
