@@ -79,7 +79,7 @@ class EncoderSettings(BaseModel):
     template: str = "Title: {title} Brand: {brand} Category: {categories} Description: {description}"
     device: str = "auto"  # auto | cpu | cuda
     # Compute dtype. auto: float32 on CPU, bfloat16 on CUDA (LEARN's choice). bfloat16 on a CPU with
-    # AMX (bench/encoder.py measures it: ~3x the fp32 rate here) changes the vectors slightly, so
+    # AMX (bench/encoder.py measures it: ~3.5x the fp32 rate here) changes the vectors slightly, so
     # it has its own embedding-cache namespace (model id suffix "|bf16").
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # Micro-batching of the streaming worker: flush at `pool_batches * batch_size` records or after
