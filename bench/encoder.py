@@ -79,6 +79,13 @@ def time_batched(settings: Settings, llm, prompts: list[str], batch_size: int) -
     return time.perf_counter() - t, vecs
 
 
+def time_naive(llm, prompts: list[str], max_tokens: int) -> tuple[float, np.ndarray]:
+    """Seconds and vectors of the naive loop."""
+    t = time.perf_counter()
+    vecs = naive_encode(llm, prompts, max_tokens)
+    return time.perf_counter() - t, vecs
+
+
 def bench_encoder(settings: Settings, prompts: list[str], batch_sizes: list[int], bf16: bool = True,
                   rounds: int = 1) -> dict:
     """Each batch size and the naive loop `rounds` times, interleaved (batched sizes, naive, again),
@@ -98,9 +105,8 @@ def bench_encoder(settings: Settings, prompts: list[str], batch_sizes: list[int]
                   flush=True)  # fmt: skip
             if b == e.batch_size:
                 batched_vecs = vecs
-        t = time.perf_counter()
-        naive_vecs = naive_encode(llm, prompts, e.max_tokens)
-        times["naive"].append(time.perf_counter() - t)
+        s, naive_vecs = time_naive(llm, prompts, e.max_tokens)
+        times["naive"].append(s)
         print(f"  round {r + 1}, naive (1 text, padded to {e.max_tokens}): "
               f"{len(prompts) / times['naive'][-1]:7.1f} items/s", flush=True)  # fmt: skip
 
@@ -129,9 +135,7 @@ def bench_bfloat16(settings: Settings, prompts: list[str], tokens: int, fp32_vec
     bs = settings.model_copy(update={"encoder": e})
     time_batched(bs, llm, prompts[:8], e.batch_size)  # warm-up
     s, vecs = time_batched(bs, llm, prompts, e.batch_size)
-    t = time.perf_counter()
-    naive_encode(llm, prompts, e.max_tokens)
-    naive_s = time.perf_counter() - t
+    naive_s, _ = time_naive(llm, prompts, e.max_tokens)
     cos = (vecs * fp32_vecs).sum(1)
     print(f"  bfloat16: batched {len(prompts) / s:7.1f} items/s, naive {len(prompts) / naive_s:7.1f} items/s, "
           f"min cosine to fp32 {cos.min():.5f}", flush=True)  # fmt: skip

@@ -78,21 +78,43 @@ def command_for(run: dict) -> str:
     overrides = VARIANTS[run["variant"]]
     if "dense_weight" in overrides:
         cmd += f" --dense-weight {overrides['dense_weight']}"
-    env = " ".join(f"LEARN_MODEL__{k.upper()}={v}" for k, v in overrides.items() if k not in ("whiten", "dense_weight"))
+    env = env_prefix({k: v for k, v in overrides.items() if k not in ("whiten", "dense_weight")})
     cmd = f"{env} {cmd}" if env else cmd
     return cmd
+
+
+def env_prefix(overrides: dict) -> str:
+    """Model-settings overrides as the environment `learn train` reads (`LEARN_MODEL__X=v ...`)."""
+    return " ".join(f"LEARN_MODEL__{k.upper()}={v}" for k, v in overrides.items())
+
+
+def bench_settings():
+    """Settings on a data dir of the benchmark's own (its embedding cache was seeded from .learn/), so
+    nothing another job does to .learn/ can force a 7-minute SmolLM2 re-encode in the middle of a table."""
+    from config.settings import Settings
+
+    return Settings(data_dir=Path(os.environ.get("LEARN_BENCH_DATA_DIR", ROOT / "runs" / "bench-data")))
+
+
+def run_in_child(target, *args) -> dict:
+    """`target(*args, queue)` in a fresh spawned process (so its time and peak memory are its own);
+    what it put on the queue."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
 
 
 def _child(run: dict, threads: int, queue) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from config.settings import Settings
     from trainer.offline import run_train
 
-    # a data dir of the benchmark's own (its embedding cache was seeded from .learn/), so nothing
-    # another job does to .learn/ can force a 7-minute SmolLM2 re-encode in the middle of the table
-    s = Settings(data_dir=Path(os.environ.get("LEARN_BENCH_DATA_DIR", ROOT / "runs" / "bench-data")))
+    s = bench_settings()
     ms = s.model.model_copy(update={"seed": run["seed"], "item_tower": run["tower"], **VARIANTS[run["variant"]]})
     enc = s.encoder.model_copy(update={"model": run["encoder"] if run["encoder"] != "none" else s.encoder.model})
     s = s.model_copy(update={"model": ms, "encoder": enc})
@@ -155,17 +177,12 @@ def main() -> None:
         return
     k, n = (int(x) for x in args.shard.split("/"))
     OUT.mkdir(parents=True, exist_ok=True)
-    ctx = mp.get_context("spawn")
     for i, run in enumerate(planned_runs()):
         path = file_for(run)
         if path.exists() or not run["model"].startswith(args.only) or i % n != k:
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {path.name}: {command_for(run)}", flush=True)
-        q = ctx.Queue()
-        p = ctx.Process(target=_child, args=(run, args.threads, q))
-        p.start()
-        res = q.get()
-        p.join()
+        res = run_in_child(_child, run, args.threads)
         record = record_for(run, res, args.threads)
         path.write_text(json.dumps(record, indent=2))
         print(f"    test ndcg@10 {res['metrics']['ndcg@10']:.4f} valid {res['valid_metrics']['ndcg@10']:.4f} "

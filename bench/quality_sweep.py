@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.quality import bench_settings, env_prefix, run_in_child  # noqa: E402
 OUT = ROOT / "bench" / "results" / "quality_sweep.json"
 SEED = 2024
 
@@ -51,8 +51,7 @@ def model_settings(overrides: dict):
 
 
 def command_for(overrides: dict) -> str:
-    env = " ".join(f"LEARN_MODEL__{k.upper()}={v}" for k, v in overrides.items())
-    return f"{env} learn train --dataset amazon-scientific-unisrec --encoder smollm2 --item-tower a --seed {SEED}".strip()
+    return f"{env_prefix(overrides)} learn train --dataset amazon-scientific-unisrec --encoder smollm2 --item-tower a --seed {SEED}".strip()
 
 
 def record(name: str, overrides: dict, res: dict) -> dict:
@@ -64,16 +63,12 @@ def record(name: str, overrides: dict, res: dict) -> dict:
 
 
 def _child(overrides: dict, queue) -> None:
-    import os
-
     import torch
 
     torch.set_num_threads(1)
-    from config.settings import Settings
     from trainer.offline import run_train
 
-    s = Settings(data_dir=Path(os.environ.get("LEARN_BENCH_DATA_DIR", ROOT / "runs" / "bench-data")))
-    s = s.model_copy(update={"model": model_settings(overrides)})
+    s = bench_settings().model_copy(update={"model": model_settings(overrides)})
     name = "sweep-" + "-".join(f"{k}{v}" for k, v in overrides.items()) if overrides else "sweep-default"
     queue.put(run_train(s, "amazon-scientific-unisrec", ROOT / "runs" / "quality" / name, progress=False))
 
@@ -116,16 +111,11 @@ def main() -> None:
     if args.adopt:
         adopt([d for d in args.adopt if (d / "results.json").exists()])
     else:
-        ctx = mp.get_context("spawn")
         for name, overrides in SWEEP.items():
             if name in {r["name"] for r in load()}:
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {name}: {command_for(overrides)}", flush=True)
-            q = ctx.Queue()
-            p = ctx.Process(target=_child, args=(overrides, q))
-            p.start()
-            res = q.get()
-            p.join()
+            res = run_in_child(_child, overrides)
             save(load() + [record(name, overrides, res)])
     rows = load()
     ref = next((r["valid_metrics"]["ndcg@10"] for r in rows if r["name"] == "default"), None)
