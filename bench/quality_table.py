@@ -109,6 +109,7 @@ def main() -> None:
     if a is not None and z is not None:
         lines.append(f"- LEARN-(a) over its own encoder's zero-training baseline: {a:.4f} vs {z:.4f} ({a / z:.2f}×).")
     lines += sweep_section()
+    lines += layers_section()
     (ROOT / "bench" / "results" / "quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -128,6 +129,26 @@ def sweep_section() -> list[str]:
         v = r["valid_metrics"]["ndcg@10"]
         rel = f"{v / ref:.3f}×" if ref else "—"
         out.append(f"| {r['name']} | {v:.4f} | {rel} | {r['best_epoch']} | {r['epochs_run']} |")
+    return out
+
+
+def layers_section() -> list[str]:
+    """What the frozen LLM's layers add (bench/llm_layers.py), if it has run."""
+    path = ROOT / "bench" / "results" / "llm_layers.json"
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    zt = {row["layer"]: row["zero_training_valid"]["ndcg@10"] for row in r["zero_training_by_layer"]}
+    last = r["layers"]
+    out = ["", "## What the frozen LLM adds: every layer's mean-pooled vectors", "",
+           f"{r['encoder']}, one forward pass (`{r['command']}`). Layer 0 is the mean of the input token "
+           "embeddings (a bag of words no transformer layer has touched); layer "
+           f"{last} is LEARN's content embedding. Same whitening as the model's input.", "",
+           f"- zero-training baseline, valid NDCG@10: layer 0 {zt[0]:.4f}, layer {last} {zt[last]:.4f}, "
+           f"best layer {max(zt, key=zt.get)} {max(zt.values()):.4f}, worst {min(zt.values()):.4f}."]  # fmt: skip
+    for t in r["learn_a_by_layer"]:
+        out.append(f"- LEARN-(a) trained on layer {t['layer']} (seed {r['seed']}): valid NDCG@10 "
+                   f"{t['valid']['ndcg@10']:.4f}, test {t['test']['ndcg@10']:.4f} (best epoch {t['best_epoch']}).")  # fmt: skip
     return out
 
 

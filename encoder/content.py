@@ -79,7 +79,8 @@ class ContentEncoder:
         return self.settings.template
 
     # -- encoding ------------------------------------------------------------------------------
-    def _encode_uncached(self, prompts: list[str], progress: bool) -> np.ndarray:
+    def _forward_batches(self, prompts: list[str], progress: bool, **model_kwargs):
+        """Length-bucketed forward passes over `prompts`: yields (row indices, attention mask, output)."""
         llm = self.llm
         tok = llm.tokenizer
         ids = tok(prompts, add_special_tokens=True, truncation=False)["input_ids"]
@@ -88,7 +89,6 @@ class ContentEncoder:
         self.last_stats.truncated += len(over)
         self.last_stats.truncated_examples = over[:5].tolist()
         order = np.argsort(-lengths, kind="stable")  # longest first: memory peaks early
-        out = np.zeros((len(prompts), llm.hidden_size), dtype=np.float32)
         bs = self.settings.batch_size
         batches = [order[i : i + bs] for i in range(0, len(order), bs)]
         with torch.inference_mode():
@@ -100,9 +100,26 @@ class ContentEncoder:
                     max_length=self.settings.max_tokens,
                     return_tensors="pt",
                 ).to(llm.device)
-                hidden = llm.model(**enc).last_hidden_state  # (B, T, d)
-                pooled = l2_normalize(mean_pool(hidden.float(), enc["attention_mask"]))  # (B, d)
-                out[b] = pooled.cpu().numpy()
+                yield b, enc["attention_mask"], llm.model(**enc, **model_kwargs)
+
+    def _encode_uncached(self, prompts: list[str], progress: bool) -> np.ndarray:
+        out = np.zeros((len(prompts), self.llm.hidden_size), dtype=np.float32)
+        for b, mask, res in self._forward_batches(prompts, progress):
+            hidden = res.last_hidden_state  # (B, T, d)
+            out[b] = l2_normalize(mean_pool(hidden.float(), mask)).cpu().numpy()  # (B, d)
+        return out
+
+    def encode_every_layer(self, prompts: list[str], progress: bool = False) -> np.ndarray:
+        """Mean-pooled, L2-normalised vectors of every hidden layer, uncached: (L + 1, N, d), index 0
+        the token embeddings (a bag of words), index L the last layer (= `encode`). For measuring
+        what the LLM's layers add (bench/llm_layers.py), not for serving."""
+        self.last_stats = EncodeStats(n=len(prompts))
+        out = None
+        for b, mask, res in self._forward_batches(prompts, progress, output_hidden_states=True):
+            if out is None:
+                out = np.zeros((len(res.hidden_states), len(prompts), self.llm.hidden_size), dtype=np.float32)
+            for layer, hidden in enumerate(res.hidden_states):  # each (B, T, d)
+                out[layer, b] = l2_normalize(mean_pool(hidden.float(), mask)).cpu().numpy()
         return out
 
     def encode(self, prompts: list[str], progress: bool = False) -> np.ndarray:

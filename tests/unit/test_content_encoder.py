@@ -87,3 +87,15 @@ def test_bfloat16_on_cpu_is_its_own_cache_namespace_and_close_to_float32(tmp_pat
     assert bf16.last_stats.encoded == 3 and bf16.last_stats.cache_hits == 0  # fp32's rows are not reused
     assert a.dtype == b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-3)
     assert (a * b).sum(1).min() > 0.99 and not np.array_equal(a, b)
+
+
+def test_every_layer_ends_with_the_content_embedding(tmp_path):
+    """The real MiniLM: one vector per hidden layer (token embeddings first), the last one exactly what
+    `encode` returns, every row unit length, and the layers really differ."""
+    prompts = ["Title: Pyrex beaker 250 ml Brand: Pyrex", "Title: nitrile gloves, size M", "Title: pH meter"]
+    enc = ContentEncoder(EncoderSettings(model="minilm", device="cpu"), models_path=tmp_path, cache=None)
+    layers = enc.encode_every_layer(prompts)
+    assert layers.shape == (enc.llm.model.config.num_hidden_layers + 1, 3, enc.dim)
+    assert np.allclose(layers[-1], enc.encode(prompts), atol=1e-5)
+    assert np.allclose(np.linalg.norm(layers, axis=-1), 1, atol=1e-5)
+    assert (layers[0] * layers[-1]).sum(-1).max() < 0.99
