@@ -93,7 +93,7 @@ def main() -> dict:
     result = {
         "encoder": model_id, "dataset": DATASET, "layers": n, "seed": SEED, "encode_seconds": encode_s,
         "whiten": ms.whiten, "zero_training_by_layer": rows, "learn_a_by_layer": trained,
-        "command": "python bench/llm_layers.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python bench/llm_layers.py", *sys.argv[1:]]),
     }  # fmt: skip
     OUT.write_text(json.dumps(result, indent=2))
     return result
