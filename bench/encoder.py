@@ -2,6 +2,7 @@
 
     python -m bench.encoder                      # SmolLM2 (settings default), writes bench/results/encoder.json
     python -m bench.encoder --synthetic-only    # only the 100k synthetic-catalogue run (MiniLM), into the same file
+    python -m bench.encoder --compiled-only     # only the torch.compile comparison, into the same file
 
 1. Encoder alone, embedding cache bypassed, on a seeded sample of the Scientific catalogue's prompts:
    the batched, length-bucketed path (`ContentEncoder.encode`) at several batch sizes, against a naive
@@ -12,6 +13,9 @@
    collection): all 4,385 item texts produced to a real broker; items/s until all are written.
 3. Freshness: new items produced at a steady rate (5/s); produce time (= event_time) -> the item is
    found by a reader of the vector store (a guest process polling every 50 ms).
+4. (`--compiled-only`) Whether compiling can lift the fp32 batched path: eager batched, the same
+   model through `torch.compile` (inductor, weights frozen, dynamic shapes) and the naive loop,
+   interleaved in one run. Not used by the worker (see the `compiled` entry's `why`).
 Every figure comes from the run. The machine's CPU is shared with other jobs: see `cpu_note`.
 """
 
@@ -299,6 +303,57 @@ def synthetic_only(base: Settings, args, argv) -> dict:
     return result
 
 
+def compiled_only(base: Settings, args, argv) -> dict:
+    """`--compiled-only`: eager batched vs compiled batched vs the naive loop on the same sample, in
+    interleaved rounds, written into the `compiled` entry of `--out`, the other entries kept."""
+    import dataclasses
+
+    import torch._inductor.config as inductor
+
+    settings = base
+    e = settings.encoder
+    sample = [prompt_of(r, settings) for r in random.Random(0).sample(catalogue(settings), args.sample)]
+    llm = load_llm(e.model, settings.models_path, e.device, e.dtype)
+    inductor.freezing = True  # weights are constants: lets inductor pre-pack them for the GEMM library
+    compiled = dataclasses.replace(llm, model=torch.compile(llm.model, dynamic=True))
+    time_batched(settings, llm, sample[:8], e.batch_size)  # warm-up
+    t = time.perf_counter()
+    time_batched(settings, compiled, sample[: 4 * e.batch_size], e.batch_size)  # compiles
+    compile_s = time.perf_counter() - t
+    times: dict[str, list[float]] = {"eager": [], "compiled": [], "naive": []}
+    for r in range(args.rounds):
+        s_eager, v_eager = time_batched(settings, llm, sample, e.batch_size)
+        s_comp, v_comp = time_batched(settings, compiled, sample, e.batch_size)
+        s_naive, _ = time_naive(llm, sample, e.max_tokens)
+        for k, x in (("eager", s_eager), ("compiled", s_comp), ("naive", s_naive)):
+            times[k].append(x)
+        print(f"  round {r + 1}: " + ", ".join(f"{k} {len(sample) / v[-1]:.2f} items/s" for k, v in times.items()),
+              flush=True)  # fmt: skip
+    rate = {k: len(sample) / float(np.median(v)) for k, v in times.items()}
+    entry = {
+        "model": e.model, "batch_size": e.batch_size, "torch_threads": torch.get_num_threads(),
+        "sample_texts": len(sample), "rounds": args.rounds, "compile_seconds": compile_s,
+        "eager_batched_items_per_s": rate["eager"], "compiled_batched_items_per_s": rate["compiled"],
+        "naive_items_per_s": rate["naive"], "eager_batched_vs_naive": rate["eager"] / rate["naive"],
+        "compiled_batched_vs_naive": rate["compiled"] / rate["naive"],
+        "compiled_vs_eager": rate["compiled"] / rate["eager"],
+        "cosine_compiled_to_eager_min": float((v_eager * v_comp).sum(1).min()),
+        "why": "not used by the worker: the compile is paid at every process start, needs a C++ compiler at "
+               "run time, and the gain is small next to the bfloat16 option",
+        "load_average_1m_at_end": os.getloadavg()[0],
+        "command": " ".join(["python -m bench.encoder", *(argv if argv is not None else sys.argv[1:])]),
+    }  # fmt: skip
+    result = json.loads(args.out.read_text()) if args.out.exists() else {}
+    result["compiled"] = entry
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    for k in ("compile_seconds", "eager_batched_items_per_s", "compiled_batched_items_per_s", "naive_items_per_s",
+              "eager_batched_vs_naive", "compiled_batched_vs_naive", "compiled_vs_eager"):  # fmt: skip
+        print(f"{k:28s} {entry[k]:.3f}")
+    print(f"written: {args.out}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="encoder model (default: settings.encoder.model)")
@@ -314,6 +369,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--synthetic-only", action="store_true",
                     help="run only the synthetic-catalogue worker run (and its model's encoder-alone rate) and "
                          "update the `synthetic` entry of an existing results file")  # fmt: skip
+    ap.add_argument("--compiled-only", action="store_true",
+                    help="run only the torch.compile comparison and update the `compiled` entry of an existing "
+                         "results file")  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
@@ -324,6 +382,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(base.encoder.threads)
     if args.synthetic_only:
         return synthetic_only(base, args, argv)
+    if args.compiled_only:
+        return compiled_only(base, args, argv)
     model = args.model or base.encoder.model
     settings = base.model_copy(update={"encoder": base.encoder.model_copy(update={"model": model})})
     recs = catalogue(settings)
@@ -379,6 +439,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"would take hours on this CPU; run with --synthetic-only (MiniLM, 100,000 items by default)")}  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    if args.out.exists() and "compiled" in json.loads(args.out.read_text()):  # an earlier --compiled-only run
+        result["compiled"] = json.loads(args.out.read_text())["compiled"]
     result["cpu_note"] = (f"{os.cpu_count()} CPU cores; 1-minute load average at the end {os.getloadavg()[0]:.1f} "
                           f"(other jobs sharing the cores make every figure here lower)")  # fmt: skip
     result["machine"] = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
