@@ -12,8 +12,8 @@ One forward pass over the UniSRec Scientific catalogue (`ContentEncoder.encode_e
 vectors are kept under runs/llm_layers/ and reused), then for every layer, on the same whitened
 features the model would get: the zero-training baseline's validation metrics and the raw vectors'
 mean pairwise cosine. `--train` also trains LEARN-(a) (defaults, seed 2024) on the listed layers
-(-1: the last) and records validation and test: a diagnostic, nothing is chosen by it. Writes
-`bench/results/llm_layers.json`.
+(-1: the last) and records validation and test: a diagnostic, nothing is chosen by it. Writes the
+encoder's entry of `bench/results/llm_layers.json` (one entry per `--encoder`, the others kept).
 """
 
 from __future__ import annotations
@@ -95,7 +95,9 @@ def main() -> dict:
         "whiten": ms.whiten, "zero_training_by_layer": rows, "learn_a_by_layer": trained,
         "command": " ".join(["python bench/llm_layers.py", *sys.argv[1:]]),
     }  # fmt: skip
-    OUT.write_text(json.dumps(result, indent=2))
+    entries = json.loads(OUT.read_text()) if OUT.exists() else {}
+    entries[args.encoder] = result
+    OUT.write_text(json.dumps(entries, indent=2))
     return result
 
 

@@ -133,24 +133,25 @@ def sweep_section() -> list[str]:
 
 
 def layers_section() -> list[str]:
-    """What the frozen LLM's layers add (bench/llm_layers.py), if it has run."""
+    """What the frozen LLM's layers add (bench/llm_layers.py), for each encoder it has run with."""
     path = ROOT / "bench" / "results" / "llm_layers.json"
     if not path.exists():
         return []
-    r = json.loads(path.read_text())
-    zt = {row["layer"]: row["zero_training_valid"]["ndcg@10"] for row in r["zero_training_by_layer"]}
-    last = r["layers"]
     out = ["", "## What the frozen LLM adds: every layer's mean-pooled vectors", "",
-           f"{r['encoder']}, one forward pass (`{r['command']}`). Layer 0 is the mean of the input token "
-           "embeddings (a bag of words no transformer layer has touched); layer "
-           f"{last} is LEARN's content embedding. Same whitening as the model's input.", "",
-           f"- zero-training baseline, valid NDCG@10: layer 0 {zt[0]:.4f}, layer {last} {zt[last]:.4f}, "
-           f"best layer {max(zt, key=zt.get)} {max(zt.values()):.4f}, worst {min(zt.values()):.4f}."]  # fmt: skip
-    for t in r["learn_a_by_layer"]:
-        out.append(f"- LEARN-(a) trained on layer {t['layer']} (seed {r['seed']}): valid NDCG@10 "
-                   f"{t['valid']['ndcg@10']:.4f}, test {t['test']['ndcg@10']:.4f} (best epoch {t['best_epoch']}).")  # fmt: skip
+           "One forward pass per encoder (`python bench/llm_layers.py --encoder NAME`). Layer 0 is the mean of the "
+           "input embeddings (a bag of words no transformer layer has touched; MiniLM's also holds position "
+           "embeddings); the last layer is LEARN's "
+           "content embedding. Features whitened as the model's input."]  # fmt: skip
+    for name, r in json.loads(path.read_text()).items():
+        zt = {row["layer"]: row["zero_training_valid"]["ndcg@10"] for row in r["zero_training_by_layer"]}
+        last = r["layers"]
+        out += ["", f"{name} (`{r['encoder']}`):",
+                f"- zero-training baseline, valid NDCG@10: layer 0 {zt[0]:.4f}, layer {last} {zt[last]:.4f}, "
+                f"best layer {max(zt, key=zt.get)} {max(zt.values()):.4f}, worst {min(zt.values()):.4f}."]  # fmt: skip
+        for t in r["learn_a_by_layer"]:
+            out.append(f"- LEARN-(a) trained on layer {t['layer']} (seed {r['seed']}): valid NDCG@10 "
+                       f"{t['valid']['ndcg@10']:.4f}, test {t['test']['ndcg@10']:.4f} (best epoch {t['best_epoch']}).")  # fmt: skip
     return out
-
 
 if __name__ == "__main__":
     main()
