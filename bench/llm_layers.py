@@ -34,8 +34,9 @@ OUT = ROOT / "bench" / "results" / "llm_layers.json"
 SEED = 2024
 
 
-def every_layer(settings, data, threads: int) -> tuple[np.ndarray, str, float]:
-    """(L + 1, N, d) pooled vectors of the catalogue, from runs/llm_layers/ when already computed."""
+def every_layer(settings, data, threads: int) -> tuple[np.ndarray, str, float | None]:
+    """(L + 1, N, d) pooled vectors of the catalogue, from runs/llm_layers/ when already computed
+    (then no encode time)."""
     import torch
 
     from encoder.content import ContentEncoder
@@ -43,7 +44,7 @@ def every_layer(settings, data, threads: int) -> tuple[np.ndarray, str, float]:
     enc = ContentEncoder(settings.encoder, models_path=settings.models_path, cache=None)
     path = ROOT / "runs" / "llm_layers" / (enc.model_id.replace(":", "_").replace("|", "_") + ".npy")
     if path.exists():
-        return np.load(path), enc.model_id, float("nan")
+        return np.load(path), enc.model_id, None
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     layers = enc.encode_every_layer(data.prompts(settings.encoder.template), progress=True)

@@ -140,8 +140,7 @@ def layers_section() -> list[str]:
     out = ["", "## What the frozen LLM adds: every layer's mean-pooled vectors", "",
            "One forward pass per encoder (`python bench/llm_layers.py --encoder NAME`). Layer 0 is the mean of the "
            "input embeddings (a bag of words no transformer layer has touched; MiniLM's also holds position "
-           "embeddings); the last layer is LEARN's "
-           "content embedding. Features whitened as the model's input."]  # fmt: skip
+           "embeddings); the last layer is LEARN's content embedding. Features whitened as the model's input."]  # fmt: skip
     for name, r in json.loads(path.read_text()).items():
         zt = {row["layer"]: row["zero_training_valid"]["ndcg@10"] for row in r["zero_training_by_layer"]}
         last = r["layers"]
@@ -152,6 +151,7 @@ def layers_section() -> list[str]:
             out.append(f"- LEARN-(a) trained on layer {t['layer']} (seed {r['seed']}): valid NDCG@10 "
                        f"{t['valid']['ndcg@10']:.4f}, test {t['test']['ndcg@10']:.4f} (best epoch {t['best_epoch']}).")  # fmt: skip
     return out
+
 
 if __name__ == "__main__":
     main()
