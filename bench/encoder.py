@@ -8,6 +8,9 @@
    the batched, length-bucketed path (`ContentEncoder.encode`) at several batch sizes, against a naive
    loop over the same texts (one text per forward pass, padded to max_tokens), in the same run,
    interleaved over `--rounds` rounds (median); then the same with `encoder.dtype = "bfloat16"`.
+   Each path's executed model FLOP/s is also given as a fraction of the best rate of a large matmul
+   on the same device, dtype and threads (`--peak-tflops`: also of a datasheet peak). On a GPU the
+   settings' dtype "auto" is bf16, so there the headline figures are bf16 on the GPU.
 2. Worker end to end, with a fresh data dir (cold cache, empty vector store) and a promoted model
    version (a random-projection item tower, so "searchable" means in the current version's
    collection): all 4,385 item texts produced to a real broker; items/s until all are written.
@@ -74,6 +77,47 @@ def naive_encode(llm, prompts: list[str], max_tokens: int) -> np.ndarray:
     return np.stack(out)
 
 
+def cpu_model() -> str:
+    """The CPU's model name and its bf16 matmul support (AMX or not changes the bf16 figures ~3x)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+                platform.processor() or platform.machine())  # fmt: skip
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    return f"{name} ({'AMX' if 'amx_bf16' in flags else 'no AMX'}{', avx512_bf16' if 'avx512_bf16' in flags else ''})"
+
+
+# ---- FLOP accounting: what fraction of the hardware's matmul rate a path reaches ----------------
+def forward_flops(model, shapes: list[tuple[int, int]]) -> float:
+    """Model FLOPs of forward passes of the given (batch, padded length) shapes: 2 per weight per
+    token (embedding tables excluded: they are lookups) plus attention's two (T x T x d) matmuls per
+    layer. Padding counts: it is work the hardware does."""
+    weights = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
+    c = model.config
+    return float(sum(2 * weights * b * t + 4 * c.num_hidden_layers * c.hidden_size * b * t * t for b, t in shapes))
+
+
+def batched_shapes(lengths: list[int], batch_size: int) -> list[tuple[int, int]]:
+    """The (batch, padded length) shapes ContentEncoder runs: sorted by length, padded per batch."""
+    order = sorted(lengths, reverse=True)
+    return [(len(order[i : i + batch_size]), order[i]) for i in range(0, len(order), batch_size)]
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """The best FLOP/s of a large square matmul on this device, dtype and thread count: the rate a
+    well-shaped GEMM reaches here (the practical ceiling, below the datasheet peak)."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(5):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        (a @ b).sum().item()  # .item() waits for the device
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
 def time_batched(settings: Settings, llm, prompts: list[str], batch_size: int) -> tuple[float, np.ndarray]:
     """Seconds and vectors of the batched, length-bucketed path (ContentEncoder, cache bypassed)."""
     enc = ContentEncoder(settings.encoder.model_copy(update={"batch_size": batch_size}), settings.models_path,
@@ -121,10 +165,20 @@ def bench_encoder(settings: Settings, prompts: list[str], batch_sizes: list[int]
 
     per_batch = {str(b): rates(str(b)) for b in batch_sizes}
     naive = {**rates("naive"), "padded_tokens_per_s": len(prompts) * e.max_tokens / float(np.median(times["naive"]))}
+    peak = matmul_peak_flops(llm.device, llm.dtype)
+    unique_lengths = [min(len(x), e.max_tokens) for x in llm.tokenizer(sorted(set(prompts)))["input_ids"]]
+    for b in batch_sizes:
+        flops = forward_flops(llm.model, batched_shapes(unique_lengths, b)) / per_batch[str(b)]["seconds"]
+        per_batch[str(b)].update(gflops_per_s=flops / 1e9, fraction_of_matmul_peak=flops / peak)
+    flops = forward_flops(llm.model, [(1, e.max_tokens)] * len(prompts)) / naive["seconds"]
+    naive.update(gflops_per_s=flops / 1e9, fraction_of_matmul_peak=flops / peak)
+    print(f"  matmul peak {peak / 1e9:.0f} GFLOP/s; batch {e.batch_size}: "
+          f"{per_batch[str(e.batch_size)]['fraction_of_matmul_peak']:.0%} of it, naive {naive['fraction_of_matmul_peak']:.0%}",
+          flush=True)  # fmt: skip
     diff = float(np.abs(naive_vecs - batched_vecs).max()) if batched_vecs is not None else None
     out = {"per_batch_size": per_batch, "naive": naive, "rounds": rounds, "tokens": tokens,
            "mean_tokens": tokens / len(prompts), "naive_vs_batched_max_abs_diff": diff,
-           "hidden_size": llm.hidden_size, "device": str(llm.device),
+           "hidden_size": llm.hidden_size, "device": str(llm.device), "matmul_peak_gflops_per_s": peak / 1e9,
            "dtype": str(llm.dtype).removeprefix("torch.")}  # fmt: skip
     if bf16 and llm.dtype == torch.float32:
         out["bfloat16"] = bench_bfloat16(settings, prompts, tokens, batched_vecs)
@@ -141,11 +195,15 @@ def bench_bfloat16(settings: Settings, prompts: list[str], tokens: int, fp32_vec
     s, vecs = time_batched(bs, llm, prompts, e.batch_size)
     naive_s, _ = time_naive(llm, prompts, e.max_tokens)
     cos = (vecs * fp32_vecs).sum(1)
+    peak = matmul_peak_flops(llm.device, llm.dtype)
+    lengths = [min(len(x), e.max_tokens) for x in llm.tokenizer(sorted(set(prompts)))["input_ids"]]
+    flops = forward_flops(llm.model, batched_shapes(lengths, e.batch_size)) / s
     print(f"  bfloat16: batched {len(prompts) / s:7.1f} items/s, naive {len(prompts) / naive_s:7.1f} items/s, "
           f"min cosine to fp32 {cos.min():.5f}", flush=True)  # fmt: skip
     return {"batch_size": e.batch_size, "items_per_s": len(prompts) / s, "tokens_per_s": tokens / s,
             "naive_items_per_s": len(prompts) / naive_s, "cosine_to_fp32_min": float(cos.min()),
-            "cosine_to_fp32_mean": float(cos.mean())}  # fmt: skip
+            "cosine_to_fp32_mean": float(cos.mean()), "matmul_peak_gflops_per_s": peak / 1e9,
+            "gflops_per_s": flops / 1e9, "fraction_of_matmul_peak": flops / peak}  # fmt: skip
 
 
 # ---- 2 and 3. the worker end to end --------------------------------------------------------------
@@ -372,6 +430,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--compiled-only", action="store_true",
                     help="run only the torch.compile comparison and update the `compiled` entry of an existing "
                          "results file")  # fmt: skip
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the device's datasheet peak for the compute dtype, e.g. 989 for an H100/H200 in dense bf16")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
@@ -412,9 +472,17 @@ def main(argv: list[str] | None = None) -> dict:
         "padding_ratio": settings.encoder.max_tokens / enc["mean_tokens"],
         "per_token_speedup": enc["per_batch_size"][str(settings.encoder.batch_size)]["tokens_per_s"]
         / enc["naive"]["padded_tokens_per_s"],
+        # executed model FLOP/s over the best rate of a large matmul on the same device, dtype and threads
+        "batched_fraction_of_matmul_peak": enc["per_batch_size"][str(settings.encoder.batch_size)]["fraction_of_matmul_peak"],
+        "naive_fraction_of_matmul_peak": enc["naive"]["fraction_of_matmul_peak"],
+        "matmul_peak_gflops_per_s": enc["matmul_peak_gflops_per_s"],
         "encoder": enc,
         "sample_texts": len(sample),
     }
+    if args.peak_tflops:
+        result["datasheet_peak_tflops"] = args.peak_tflops
+        result["batched_fraction_of_datasheet_peak"] = (
+            enc["per_batch_size"][str(settings.encoder.batch_size)]["gflops_per_s"] / (args.peak_tflops * 1e3))
     if "bfloat16" in enc:  # the option, measured in the same run (the default above stays fp32 on CPU)
         bf = enc["bfloat16"]
         result.update(bf16_batched_items_per_s=bf["items_per_s"], bf16_naive_items_per_s=bf["naive_items_per_s"],
@@ -443,11 +511,12 @@ def main(argv: list[str] | None = None) -> dict:
         result["compiled"] = json.loads(args.out.read_text())["compiled"]
     result["cpu_note"] = (f"{os.cpu_count()} CPU cores; 1-minute load average at the end {os.getloadavg()[0]:.1f} "
                           f"(other jobs sharing the cores make every figure here lower)")  # fmt: skip
-    result["machine"] = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
+    result["machine"] = f"{cpu_model()}, torch {torch.__version__}"
     result["command"] = " ".join(["python -m bench.encoder", *(argv if argv is not None else sys.argv[1:])])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     keys = ["batched_items_per_s", "naive_items_per_s", "batched_vs_naive", "padding_ratio", "per_token_speedup",
+            "batched_fraction_of_matmul_peak", "naive_fraction_of_matmul_peak",
             "bf16_batched_items_per_s", "bf16_batched_vs_fp32_naive", "bf16_cosine_to_fp32_min", "worker_items_per_s",
             "worker_vs_encoder", "freshness_p50_s", "freshness_p99_s", "model", "device", "batch_size"]  # fmt: skip
     for k in keys:
