@@ -3,6 +3,7 @@
     python -m bench.encoder                      # SmolLM2 (settings default), writes bench/results/encoder.json
     python -m bench.encoder --synthetic-only    # only the 100k synthetic-catalogue run (MiniLM), into the same file
     python -m bench.encoder --compiled-only     # only the torch.compile comparison, into the same file
+    python -m bench.encoder --freshness-only    # only freshness, at each of --fresh-rates, into the same file
 
 1. Encoder alone, embedding cache bypassed, on a seeded sample of the Scientific catalogue's prompts:
    the batched, length-bucketed path (`ContentEncoder.encode`) at several batch sizes, against a naive
@@ -272,7 +273,8 @@ def bench_worker(settings: Settings, recs: list[ItemRecord], d_llm: int, fresh_n
     return out
 
 
-def freshness(settings: Settings, recs: list[ItemRecord], collection: str, n: int, rate: float) -> dict:
+def freshness(settings: Settings, recs: list[ItemRecord], collection: str, n: int, rate: float,
+              prefix: str = "fresh") -> dict:
     """Produce `n` new items at `rate`/s; a reader polls the store; latency = found - event_time."""
     rng = random.Random(1)
     sources = rng.sample(recs, n)
@@ -285,8 +287,8 @@ def freshness(settings: Settings, recs: list[ItemRecord], collection: str, n: in
             now = time.time()
             while k < n and now >= start + k / rate:  # the steady producer
                 src = sources[k]
-                rec = src.model_copy(update={"item_id": f"fresh-{k}", "event_time": time.time(),
-                                             "title": f"New {k}: {src.title}"})  # fmt: skip
+                rec = src.model_copy(update={"item_id": f"{prefix}-{k}", "event_time": time.time(),
+                                             "title": f"New {prefix}-{k}: {src.title}"})  # fmt: skip
                 p.send_item(rec)
                 p.flush()
                 sent[rec.item_id] = rec.event_time
@@ -412,6 +414,42 @@ def compiled_only(base: Settings, args, argv) -> dict:
     return result
 
 
+def freshness_only(base: Settings, args, argv) -> dict:
+    """`--freshness-only`: freshness at each of `--fresh-rates` on a fresh stack (warm worker, empty
+    store), written into the `freshness_by_rate` entry of `--out`, the other entries kept. A rate is
+    "low" only if the worker keeps up with it: at small micro-batches a CPU worker does fewer items/s
+    than the batched encoder rate, and above that rate the figure measures a growing queue."""
+    settings = base
+    recs = catalogue(settings)
+    e = settings.encoder
+    root = Path(tempfile.mkdtemp(prefix="bench-encoder-"))
+    entries = []
+    try:
+        s = fresh_settings(settings, e.model, root / "fresh")
+        d_llm = load_llm(e.model, s.models_path, e.device, e.dtype).hidden_size
+        collection = publish_random_tower(s, d_llm)
+        port = free_port()
+        with Stack(s, s.data_dir / "run") as stack:
+            stack.start_broker()
+            stack.create_topics()
+            stack.start_worker("encoder", port)
+            with EventProducer(s) as p:
+                p.send_item(ItemRecord(item_id="warm-up", title="warm-up item", event_time=time.time()))
+            wait_written(port, 1, 300)
+            for i, rate in enumerate(float(x) for x in args.fresh_rates.split(",")):
+                entries.append(freshness(s, recs, collection, args.fresh_items, rate, prefix=f"fresh{i}"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    result = json.loads(args.out.read_text()) if args.out.exists() else {}
+    result["freshness_by_rate"] = {"model": e.model, "torch_threads": torch.get_num_threads(), "runs": entries,
+                                   "load_average_1m_at_end": os.getloadavg()[0],
+                                   "command": " ".join(["python -m bench.encoder", *(argv if argv is not None else sys.argv[1:])])}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"written: {args.out}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="encoder model (default: settings.encoder.model)")
@@ -432,6 +470,9 @@ def main(argv: list[str] | None = None) -> dict:
                          "results file")  # fmt: skip
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the device's datasheet peak for the compute dtype, e.g. 989 for an H100/H200 in dense bf16")
+    ap.add_argument("--freshness-only", action="store_true",
+                    help="run only freshness at each of --fresh-rates and update the `freshness_by_rate` entry")
+    ap.add_argument("--fresh-rates", default="5,2.5", help="with --freshness-only: the steady rates, items/s")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
@@ -444,6 +485,8 @@ def main(argv: list[str] | None = None) -> dict:
         return synthetic_only(base, args, argv)
     if args.compiled_only:
         return compiled_only(base, args, argv)
+    if args.freshness_only:
+        return freshness_only(base, args, argv)
     model = args.model or base.encoder.model
     settings = base.model_copy(update={"encoder": base.encoder.model_copy(update={"model": model})})
     recs = catalogue(settings)
@@ -507,8 +550,9 @@ def main(argv: list[str] | None = None) -> dict:
                 f"would take hours on this CPU; run with --synthetic-only (MiniLM, 100,000 items by default)")}  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    if args.out.exists() and "compiled" in json.loads(args.out.read_text()):  # an earlier --compiled-only run
-        result["compiled"] = json.loads(args.out.read_text())["compiled"]
+    for key in ("compiled", "freshness_by_rate"):  # earlier --compiled-only / --freshness-only runs
+        if args.out.exists() and key in json.loads(args.out.read_text()):
+            result[key] = json.loads(args.out.read_text())[key]
     result["cpu_note"] = (f"{os.cpu_count()} CPU cores; 1-minute load average at the end {os.getloadavg()[0]:.1f} "
                           f"(other jobs sharing the cores make every figure here lower)")  # fmt: skip
     result["machine"] = f"{cpu_model()}, torch {torch.__version__}"
