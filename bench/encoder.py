@@ -39,12 +39,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+from transformers import AutoConfig
 
 from config import Settings, load_settings
 from deploy.broker import free_port
 from deploy.stack import Stack
 from encoder.content import ContentEncoder
-from encoder.llm import load_llm
+from encoder.llm import load_llm, resolve_model_dir
 from encoder.pooling import l2_normalize, mean_pool
 from encoder.prompt import build_prompt
 from store.registry import ModelRegistry
@@ -101,6 +102,12 @@ def batched_shapes(lengths: list[int], batch_size: int) -> list[tuple[int, int]]
     """The (batch, padded length) shapes ContentEncoder runs: sorted by length, padded per batch."""
     order = sorted(lengths, reverse=True)
     return [(len(order[i : i + batch_size]), order[i]) for i in range(0, len(order), batch_size)]
+
+
+def flop_rate(model, shapes: list[tuple[int, int]], seconds: float, peak: float) -> dict:
+    """Executed model GFLOP/s of `shapes` run in `seconds`, and its fraction of the matmul peak."""
+    flops = forward_flops(model, shapes) / seconds
+    return {"gflops_per_s": flops / 1e9, "fraction_of_matmul_peak": flops / peak}
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
@@ -167,12 +174,11 @@ def bench_encoder(settings: Settings, prompts: list[str], batch_sizes: list[int]
     per_batch = {str(b): rates(str(b)) for b in batch_sizes}
     naive = {**rates("naive"), "padded_tokens_per_s": len(prompts) * e.max_tokens / float(np.median(times["naive"]))}
     peak = matmul_peak_flops(llm.device, llm.dtype)
-    unique_lengths = [min(len(x), e.max_tokens) for x in llm.tokenizer(sorted(set(prompts)))["input_ids"]]
+    # the batched path encodes each distinct prompt once
+    unique_lengths = list({p: n for p, n in zip(prompts, lengths)}.values())
     for b in batch_sizes:
-        flops = forward_flops(llm.model, batched_shapes(unique_lengths, b)) / per_batch[str(b)]["seconds"]
-        per_batch[str(b)].update(gflops_per_s=flops / 1e9, fraction_of_matmul_peak=flops / peak)
-    flops = forward_flops(llm.model, [(1, e.max_tokens)] * len(prompts)) / naive["seconds"]
-    naive.update(gflops_per_s=flops / 1e9, fraction_of_matmul_peak=flops / peak)
+        per_batch[str(b)].update(flop_rate(llm.model, batched_shapes(unique_lengths, b), per_batch[str(b)]["seconds"], peak))
+    naive.update(flop_rate(llm.model, [(1, e.max_tokens)] * len(prompts), naive["seconds"], peak))
     print(f"  matmul peak {peak / 1e9:.0f} GFLOP/s; batch {e.batch_size}: "
           f"{per_batch[str(e.batch_size)]['fraction_of_matmul_peak']:.0%} of it, naive {naive['fraction_of_matmul_peak']:.0%}",
           flush=True)  # fmt: skip
@@ -182,11 +188,12 @@ def bench_encoder(settings: Settings, prompts: list[str], batch_sizes: list[int]
            "hidden_size": llm.hidden_size, "device": str(llm.device), "matmul_peak_gflops_per_s": peak / 1e9,
            "dtype": str(llm.dtype).removeprefix("torch.")}  # fmt: skip
     if bf16 and llm.dtype == torch.float32:
-        out["bfloat16"] = bench_bfloat16(settings, prompts, tokens, batched_vecs)
+        out["bfloat16"] = bench_bfloat16(settings, prompts, tokens, unique_lengths, batched_vecs)
     return out
 
 
-def bench_bfloat16(settings: Settings, prompts: list[str], tokens: int, fp32_vecs: np.ndarray) -> dict:
+def bench_bfloat16(settings: Settings, prompts: list[str], tokens: int, unique_lengths: list[int],
+                   fp32_vecs: np.ndarray) -> dict:
     """The same batched path and naive loop with `encoder.dtype = "bfloat16"` (an option, not the CPU
     default): speed, and how far its vectors are from the fp32 ones."""
     e = settings.encoder.model_copy(update={"dtype": "bfloat16"})
@@ -197,14 +204,12 @@ def bench_bfloat16(settings: Settings, prompts: list[str], tokens: int, fp32_vec
     naive_s, _ = time_naive(llm, prompts, e.max_tokens)
     cos = (vecs * fp32_vecs).sum(1)
     peak = matmul_peak_flops(llm.device, llm.dtype)
-    lengths = [min(len(x), e.max_tokens) for x in llm.tokenizer(sorted(set(prompts)))["input_ids"]]
-    flops = forward_flops(llm.model, batched_shapes(lengths, e.batch_size)) / s
     print(f"  bfloat16: batched {len(prompts) / s:7.1f} items/s, naive {len(prompts) / naive_s:7.1f} items/s, "
           f"min cosine to fp32 {cos.min():.5f}", flush=True)  # fmt: skip
     return {"batch_size": e.batch_size, "items_per_s": len(prompts) / s, "tokens_per_s": tokens / s,
             "naive_items_per_s": len(prompts) / naive_s, "cosine_to_fp32_min": float(cos.min()),
             "cosine_to_fp32_mean": float(cos.mean()), "matmul_peak_gflops_per_s": peak / 1e9,
-            "gflops_per_s": flops / 1e9, "fraction_of_matmul_peak": flops / peak}  # fmt: skip
+            **flop_rate(llm.model, batched_shapes(unique_lengths, e.batch_size), s, peak)}  # fmt: skip
 
 
 # ---- 2 and 3. the worker end to end --------------------------------------------------------------
@@ -347,6 +352,25 @@ def synthetic_entry(base: Settings, model: str, n: int, sample_size: int, root: 
             "load_average_1m_at_end": os.getloadavg()[0]}  # fmt: skip
 
 
+def command_line(argv: list[str] | None) -> str:
+    """The command that produced a results entry."""
+    return " ".join(["python -m bench.encoder", *(argv if argv is not None else sys.argv[1:])])
+
+
+def previous_results(out: Path) -> dict:
+    return json.loads(out.read_text()) if out.exists() else {}
+
+
+def write_entry(out: Path, key: str, entry: dict) -> dict:
+    """Set one entry of an existing results file (the `--*-only` runs), the other entries kept."""
+    result = previous_results(out)
+    result[key] = entry
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"written: {out}")
+    return result
+
+
 def synthetic_only(base: Settings, args, argv) -> dict:
     """`--synthetic-only`: the synthetic run alone (default 100,000 items), written into the
     `synthetic` entry of `--out`, the other entries kept."""
@@ -355,12 +379,7 @@ def synthetic_only(base: Settings, args, argv) -> dict:
         entry = synthetic_entry(base, args.synthetic_model, args.synthetic or 100_000, args.sample, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    result = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result["synthetic"] = {**entry, "command": " ".join(["python -m bench.encoder", *(argv if argv is not None else sys.argv[1:])])}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"written: {args.out}")
-    return result
+    return write_entry(args.out, "synthetic", {**entry, "command": command_line(argv)})
 
 
 def compiled_only(base: Settings, args, argv) -> dict:
@@ -401,17 +420,12 @@ def compiled_only(base: Settings, args, argv) -> dict:
         "why": "not used by the worker: the compile is paid at every process start, needs a C++ compiler at "
                "run time, and the gain is small next to the bfloat16 option",
         "load_average_1m_at_end": os.getloadavg()[0],
-        "command": " ".join(["python -m bench.encoder", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line(argv),
     }  # fmt: skip
-    result = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result["compiled"] = entry
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
     for k in ("compile_seconds", "eager_batched_items_per_s", "compiled_batched_items_per_s", "naive_items_per_s",
               "eager_batched_vs_naive", "compiled_batched_vs_naive", "compiled_vs_eager"):  # fmt: skip
         print(f"{k:28s} {entry[k]:.3f}")
-    print(f"written: {args.out}")
-    return result
+    return write_entry(args.out, "compiled", entry)
 
 
 def freshness_only(base: Settings, args, argv) -> dict:
@@ -426,7 +440,7 @@ def freshness_only(base: Settings, args, argv) -> dict:
     entries = []
     try:
         s = fresh_settings(settings, e.model, root / "fresh")
-        d_llm = load_llm(e.model, s.models_path, e.device, e.dtype).hidden_size
+        d_llm = AutoConfig.from_pretrained(resolve_model_dir(e.model, s.models_path)).hidden_size
         collection = publish_random_tower(s, d_llm)
         port = free_port()
         with Stack(s, s.data_dir / "run") as stack:
@@ -440,14 +454,9 @@ def freshness_only(base: Settings, args, argv) -> dict:
                 entries.append(freshness(s, recs, collection, args.fresh_items, rate, prefix=f"fresh{i}"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    result = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result["freshness_by_rate"] = {"model": e.model, "torch_threads": torch.get_num_threads(), "runs": entries,
-                                   "load_average_1m_at_end": os.getloadavg()[0],
-                                   "command": " ".join(["python -m bench.encoder", *(argv if argv is not None else sys.argv[1:])])}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"written: {args.out}")
-    return result
+    return write_entry(args.out, "freshness_by_rate", {
+        "model": e.model, "torch_threads": torch.get_num_threads(), "runs": entries,
+        "load_average_1m_at_end": os.getloadavg()[0], "command": command_line(argv)})  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -542,21 +551,20 @@ def main(argv: list[str] | None = None) -> dict:
                           worker=w)  # fmt: skip
         if args.synthetic:
             result["synthetic"] = synthetic_entry(base, args.synthetic_model, args.synthetic, args.sample, root)
-        elif args.out.exists() and json.loads(args.out.read_text()).get("synthetic", {}).get("command"):
-            result["synthetic"] = json.loads(args.out.read_text())["synthetic"]  # an earlier --synthetic-only run
+        elif previous_results(args.out).get("synthetic", {}).get("command"):
+            result["synthetic"] = previous_results(args.out)["synthetic"]  # an earlier --synthetic-only run
         else:
             result["synthetic"] = {"run": False, "why": (
                 f"{len(recs) * 23} items at the measured ~{result.get('worker_items_per_s', batched):.0f} items/s "
                 f"would take hours on this CPU; run with --synthetic-only (MiniLM, 100,000 items by default)")}  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    for key in ("compiled", "freshness_by_rate"):  # earlier --compiled-only / --freshness-only runs
-        if args.out.exists() and key in json.loads(args.out.read_text()):
-            result[key] = json.loads(args.out.read_text())[key]
+    previous = previous_results(args.out)
+    result.update({k: previous[k] for k in ("compiled", "freshness_by_rate") if k in previous})  # --*-only runs
     result["cpu_note"] = (f"{os.cpu_count()} CPU cores; 1-minute load average at the end {os.getloadavg()[0]:.1f} "
                           f"(other jobs sharing the cores make every figure here lower)")  # fmt: skip
     result["machine"] = f"{cpu_model()}, torch {torch.__version__}"
-    result["command"] = " ".join(["python -m bench.encoder", *(argv if argv is not None else sys.argv[1:])])
+    result["command"] = command_line(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     keys = ["batched_items_per_s", "naive_items_per_s", "batched_vs_naive", "padding_ratio", "per_token_speedup",
