@@ -46,7 +46,7 @@ from deploy.broker import free_port
 from deploy.stack import Stack
 from encoder.content import ContentEncoder
 from encoder.llm import load_llm, resolve_model_dir
-from encoder.pooling import l2_normalize, mean_pool
+from encoder.pooling import content_embedding
 from encoder.prompt import build_prompt
 from store.registry import ModelRegistry
 from store.vectors import VectorStore
@@ -75,7 +75,7 @@ def naive_encode(llm, prompts: list[str], max_tokens: int) -> np.ndarray:
             enc = llm.tokenizer([p], padding="max_length", truncation=True, max_length=max_tokens,
                                 return_tensors="pt").to(llm.device)  # fmt: skip
             hidden = llm.model(**enc).last_hidden_state  # (1, max_tokens, d)
-            out.append(l2_normalize(mean_pool(hidden.float(), enc["attention_mask"]))[0].cpu().numpy())
+            out.append(content_embedding(hidden, enc["attention_mask"])[0].cpu().numpy())
     return np.stack(out)
 
 

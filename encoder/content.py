@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from config.settings import EncoderSettings, Settings
 from encoder.llm import LoadedLLM, load_llm
-from encoder.pooling import l2_normalize, mean_pool
+from encoder.pooling import content_embedding
 from store.embedding_cache import EmbeddingCache
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class ContentEncoder:
         out = np.zeros((len(prompts), self.llm.hidden_size), dtype=np.float32)
         for b, mask, res in self._forward_batches(prompts, progress):
             hidden = res.last_hidden_state  # (B, T, d)
-            out[b] = l2_normalize(mean_pool(hidden.float(), mask)).cpu().numpy()  # (B, d)
+            out[b] = content_embedding(hidden, mask).cpu().numpy()  # (B, d)
         return out
 
     def encode_every_layer(self, prompts: list[str], progress: bool = False) -> np.ndarray:
@@ -119,7 +119,7 @@ class ContentEncoder:
             if out is None:
                 out = np.zeros((len(res.hidden_states), len(prompts), self.llm.hidden_size), dtype=np.float32)
             for layer, hidden in enumerate(res.hidden_states):  # each (B, T, d)
-                out[layer, b] = l2_normalize(mean_pool(hidden.float(), mask)).cpu().numpy()
+                out[layer, b] = content_embedding(hidden, mask).cpu().numpy()
         return out
 
     def encode(self, prompts: list[str], progress: bool = False) -> np.ndarray:

@@ -29,6 +29,12 @@ def l2_normalize(x, eps: float = 1e-12):
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
+def content_embedding(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """LEARN's content embedding of hidden states in any dtype: the mean over real tokens, in fp32, at
+    unit length. hidden (B, T, d), mask (B, T) -> (B, d) float32."""
+    return l2_normalize(mean_pool(hidden.float(), mask))
+
+
 def mean_pairwise_cosine(x: np.ndarray, sample: int = 2000, seed: int = 0) -> float:
     """Average cosine between distinct rows (on a random sample): ~0 isotropic, ~1 collapsed."""
     rng = np.random.default_rng(seed)
