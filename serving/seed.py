@@ -72,7 +72,7 @@ def publish_version(settings: Settings, store: VectorStore, ids: Sequence[str], 
     name = registry.next_name()
     stage = registry.stage(name)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(stage / "weights.safetensors"))
-    export_towers(model, None, stage)
+    export_towers(model, stage)
     config = {"version": name, "model": cfg.to_dict(), "items": len(ids), "created_at": time.time(), "seed": seed}
     (stage / "config.json").write_text(json.dumps(config, indent=2))
     version = registry.commit_version(name)

@@ -18,75 +18,41 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from encoder.pooling import Whitening
 from trainer.towers import LEARN
 
 
-class _Features(nn.Module):
-    """Raw content embeddings -> the model's input features (whitening, then L2 norm)."""
-
-    def __init__(self, whitening: Whitening | None, d_raw: int):
-        super().__init__()
-        if whitening is None:
-            mean, transform = np.zeros(d_raw, np.float32), np.eye(d_raw, dtype=np.float32)
-        else:
-            mean, transform = whitening.mean, whitening.transform
-        self.register_buffer("mean", torch.from_numpy(np.array(mean, np.float32)))  # (d_raw,)
-        self.register_buffer("transform", torch.from_numpy(np.array(transform, np.float32)))  # (d_raw, d_llm)
-
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        return F.normalize((raw - self.mean) @ self.transform, dim=-1)
-
-
 class ItemTower(nn.Module):
-    def __init__(self, model: LEARN, features: _Features):
+    def __init__(self, model: LEARN):
         super().__init__()
-        self.features = features
-        self.pcm = copy.deepcopy(model.pcm)
-        self.item_proj = copy.deepcopy(model.item_proj) if model.item_proj is not None else nn.Identity()
-        self.variant = model.cfg.item_tower
+        self.model = model
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        x = self.features(raw)  # (N, d_llm)
-        if self.variant == "c":
-            v = self.item_proj(x)
-        else:
-            v = self.pcm(x.unsqueeze(1)).squeeze(1)  # a single-item sequence: (N, d_out)
-        return F.normalize(v, dim=-1)
+        return self.model.encode_items(raw)
 
 
 class UserTower(nn.Module):
-    def __init__(self, model: LEARN, features: _Features):
+    def __init__(self, model: LEARN):
         super().__init__()
-        self.features = features
-        self.pcm = copy.deepcopy(model.pcm)
+        self.model = model
 
     def forward(self, raw_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        B, T, _ = raw_seq.shape
-        real = torch.arange(T, device=raw_seq.device).view(1, T) < lengths.view(B, 1)  # (B, T)
-        x = self.features(raw_seq) * real.unsqueeze(-1)  # padding = zero content, as in training
-        states = F.normalize(self.pcm(x), dim=-1)  # (B, T, d_out)
-        idx = (lengths - 1).clamp_min(0).view(B, 1, 1).expand(B, 1, states.size(-1))
-        return states.gather(1, idx).squeeze(1)
+        return self.model.encode_users(raw_seq, lengths)
 
 
-def export_towers(model: LEARN, whitening: Whitening | None, directory: Path) -> tuple[Path, Path]:
+def export_towers(model: LEARN, directory: Path) -> tuple[Path, Path]:
     """Trace both towers (eval mode, CPU) into `directory`; return (item_tower.pt, user_tower.pt)."""
     if model.cfg.use_id_embedding:
         raise ValueError("towers with the item-ID embedding cannot be exported: new items have no ID row")
     model = copy.deepcopy(model).cpu().eval()
-    d_raw = whitening.mean.shape[0] if whitening is not None else model.cfg.d_llm
-    features = _Features(whitening, d_raw)
+    d_raw = model.cfg.d_raw
     directory.mkdir(parents=True, exist_ok=True)
     item_path, user_path = directory / "item_tower.pt", directory / "user_tower.pt"
     with torch.no_grad():
-        item = torch.jit.trace(ItemTower(model, features).eval(), torch.randn(3, d_raw), check_trace=False)
-        user = torch.jit.trace(UserTower(model, features).eval(),
+        item = torch.jit.trace(ItemTower(model).eval(), torch.randn(3, d_raw), check_trace=False)
+        user = torch.jit.trace(UserTower(model).eval(),
                                (torch.randn(2, 4, d_raw), torch.tensor([4, 2])), check_trace=False)  # fmt: skip
     item.save(str(item_path))
     user.save(str(user_path))

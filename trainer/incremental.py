@@ -37,14 +37,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from config import Settings
-from encoder.pooling import Whitening, l2_normalize
 from store.registry import ModelRegistry, Version
 from store.state import Entry, StateReader
 from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore, items_collection
 from trainer.evaluation import evaluate_examples
 from trainer.export import export_towers
-from trainer.offline import length_bucketed_batches, model_scorer, tower_config
-from trainer.towers import LEARN, TowerConfig, pad_sequences
+from trainer.offline import length_bucketed_batches, model_scorer, train_step
+from trainer.towers import LEARN, Features, TowerConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +89,16 @@ def split_holdout(seqs: list[list[int]], min_len: int = 3) -> tuple[list[list[in
 class OnlineLearner:
     """The twin towers over a growing catalogue, trained in bounded steps with a persistent optimiser."""
 
-    def __init__(self, cfg: TowerConfig, whitening: Whitening, lr: float, weight_decay: float, seed: int):
-        self.whitening = whitening
+    def __init__(self, cfg: TowerConfig, features: Features, lr: float, weight_decay: float, seed: int):
         self.cfg = cfg
         torch.manual_seed(seed)
-        self.model = LEARN(cfg, torch.zeros(cfg.n_items, cfg.d_llm))
+        self.model = LEARN(cfg, features=features)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.rng = random.Random(seed)
 
     def set_catalogue(self, raw: np.ndarray) -> None:
         """Replace the content table (items may have been added). (N, d_raw) raw embeddings."""
-        features = torch.from_numpy(l2_normalize(self.whitening(raw)).astype(np.float32))
-        pad = torch.zeros(1, features.shape[1])
-        self.model.content = torch.cat([features, pad])
-        self.model.cfg.n_items = features.shape[0]
+        self.model.set_catalogue(torch.from_numpy(np.asarray(raw, np.float32)))
 
     def evaluate(self, examples: list[tuple[list[int], int]]) -> dict[str, float]:
         if not examples:
@@ -122,13 +117,7 @@ class OnlineLearner:
         losses, samples, done = [], 0, 0
         while done < steps:
             for batch in length_bucketed_batches([len(s) for s in seqs], batch_size, self.rng):
-                seq, lens = pad_sequences([seqs[j] for j in batch], self.model.pad_id, self.cfg.max_seq_len)
-                loss = self.model.calculate_loss({"item_seq": seq, "item_seq_len": lens})
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-                self.opt.step()
-                losses.append(loss.item())
+                losses.append(train_step(self.model, self.opt, [seqs[j] for j in batch], self.cfg.max_seq_len))
                 samples += len(batch)
                 done += 1
                 if done >= steps or time.perf_counter() > deadline:
@@ -143,7 +132,6 @@ class OnlineLearner:
         weights = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
         save_file(weights, str(directory / "weights.safetensors"))
         torch.save(self.opt.state_dict(), directory / "optimizer.pt")
-        self.whitening.save(directory / "whitening.npz")
 
     def load(self, directory: Path) -> None:
         self.model.load_state_dict(load_file(str(directory / "weights.safetensors")))
@@ -241,7 +229,8 @@ class IncrementalTrainer:
             self.applied_at_close = meta["window"].get("applied", 0)
             self._refresh_catalogue()
             promoted = current or newest
-            self.learner = self._new_learner(Whitening.load(promoted.path / "whitening.npz"), promoted.config["model"])
+            cfg = TowerConfig.from_dict(promoted.config["model"])
+            self.learner = self._new_learner(Features(cfg.d_raw, cfg.d_llm), cfg)  # both loaded just below
             self.learner.set_catalogue(self.catalogue_raw)
             self.learner.load(promoted.path)
             log.info("resuming after window %d (end %.0f) from version %s", self.windows_done - 1,
@@ -273,13 +262,10 @@ class IncrementalTrainer:
         self.catalogue_raw = vecs if not self.catalogue_ids else np.concatenate([self.catalogue_raw, vecs])
         self.catalogue_ids = self.catalogue_ids + new
 
-    def _new_learner(self, whitening: Whitening, model_cfg: dict | None = None) -> OnlineLearner:
+    def _new_learner(self, features: Features, cfg: TowerConfig | None = None) -> OnlineLearner:
         ms = self.s.model
-        if model_cfg is not None:
-            cfg = TowerConfig(**model_cfg)
-        else:
-            cfg = tower_config(ms, len(self.catalogue_ids), whitening.transform.shape[1])
-        return OnlineLearner(cfg, whitening, ms.lr, ms.weight_decay, ms.seed)
+        cfg = cfg or TowerConfig.from_settings(ms, len(self.catalogue_ids), features.mean.shape[0], features.d_out)
+        return OnlineLearner(cfg, features, ms.lr, ms.weight_decay, ms.seed)
 
     def closed_window(self) -> tuple[float, float] | None:
         """The next window to process, if the watermark has passed its end."""
@@ -325,8 +311,7 @@ class IncrementalTrainer:
         if self.learner is None:
             if len(self.catalogue_ids) < 2:
                 raise RuntimeError("no content embeddings in the vector store yet: is the encoder worker running?")
-            whitening = Whitening.fit(self.catalogue_raw)
-            self.learner = self._new_learner(whitening)
+            self.learner = self._new_learner(Features.fit(self.catalogue_raw, ms.whiten, ms.whiten_dim))
             note = "first version: no model to test with"
         self.learner.set_catalogue(self.catalogue_raw)
         current_exists = self.registry.current() is not None
@@ -393,7 +378,7 @@ class IncrementalTrainer:
         name = self.registry.next_name()
         stage = self.registry.stage(name)
         self.learner.save(stage)
-        export_towers(self.learner.model, self.learner.whitening, stage)
+        export_towers(self.learner.model, stage)
         config = {"version": name, "model": self.learner.model.cfg.to_dict(), "window": window,
                   "metrics": metrics, "items": len(self.catalogue_ids), "created_at": time.time()}  # fmt: skip
         (stage / "config.json").write_text(json.dumps(config, indent=2))

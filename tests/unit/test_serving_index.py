@@ -68,7 +68,7 @@ def tiny_snapshot(tmp_path, n=30, d_raw=16):
     content = random_unit(n, d_raw)
     cfg = TowerConfig(n_items=n, d_llm=d_raw, d_model=8, n_layers=1, n_heads=2, d_out=8, max_seq_len=10)
     model = LEARN(cfg, torch.from_numpy(content)).eval()
-    item_path, user_path = export_towers(model, None, tmp_path)
+    item_path, user_path = export_towers(model, tmp_path)
     with torch.no_grad():
         items = load_tower(item_path)(torch.from_numpy(content)).numpy()
     index = ItemIndex.build([f"i{j}" for j in range(n)], items, np.zeros(n))
