@@ -38,8 +38,9 @@ from prometheus_client import Counter, Histogram
 
 from config import Settings, load_settings
 from encoder.content import ContentEncoder
+from encoder.item_tower import ItemTower
 from encoder.prompt import build_prompt
-from store.registry import ModelRegistry, Version
+from store.registry import ModelRegistry
 from store.titles import write_titles
 from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore
 from streams.app import make_app, raw_topic
@@ -154,39 +155,6 @@ class WriteResult:
     write_s: float = 0.0
     version: str | None = None
     failed: list[tuple[Pending, str]] = field(default_factory=list)  # items the encoder refused
-
-
-class ItemTower:
-    """The current model version's TorchScript item tower, reloaded when the registry's CURRENT changes."""
-
-    def __init__(self, registry: ModelRegistry):
-        self.registry = registry
-        self.version: Version | None = None
-        self.module = None
-        self._mtime = -1.0
-
-    def refresh(self) -> bool:
-        """Follow CURRENT; True when the version changed (a new collection to fill)."""
-        mtime = self.registry.pointer_mtime()
-        if mtime == self._mtime:
-            return False
-        import torch
-
-        current = self.registry.current()
-        self._mtime = mtime
-        if current is None or (self.version and current.name == self.version.name):
-            return False
-        self.module = torch.jit.load(str(current.item_tower_path), map_location="cpu").eval()
-        self.version = current
-        log.info("item tower of model version %s loaded", current.name)
-        return True
-
-    def __call__(self, content: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            out = self.module(torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32)))  # (N, d_out)
-        return out.float().cpu().numpy()
 
 
 class Pipeline:

@@ -40,10 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
+from store.registry import ITEMS_PREFIX, items_collection  # noqa: F401 - the naming rule lives with the versions
+
 log = logging.getLogger(__name__)
 
 CONTENT = "content"
-ITEMS_PREFIX = "items_"
 ENDPOINT_FILE = "ENDPOINT"
 MAX_ID_BYTES = 512  # ids are <= 128 characters (streams/schemas.py); UTF-8 needs up to 4 bytes each
 QUERY_CAP = 16384  # Milvus caps one query's results at this many rows
@@ -52,11 +53,6 @@ PAGE = 4096  # rows per page when listing ids by offset
 # pymilvus pings every 10 s; the loopback host's grpc server answers an idle client's pings with
 # GOAWAY "too_many_pings" after a while, which fails the next call. Loopback needs no keepalive.
 LOOPBACK_GRPC = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
-
-
-def items_collection(version: str) -> str:
-    """The collection of a model version's item-tower vectors (the same name the registry gives)."""
-    return f"{ITEMS_PREFIX}{version}"
 
 
 @dataclass(frozen=True)

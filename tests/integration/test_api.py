@@ -12,12 +12,13 @@ import pytest
 import torch
 import uvicorn
 
+from bench.seed import publish_version, random_unit, write_catalogue, write_sequences
 from config import load_settings
 from deploy.broker import free_port
 from serving.api import create_app
-from serving.seed import publish_version, random_unit, write_catalogue, write_sequences
 from store.registry import ModelRegistry
 from store.vectors import CONTENT, VectorStore
+from trainer.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +128,7 @@ def test_the_api_follows_new_users_new_items_and_deletions(deployment):
 
         # a new item, written the encoder worker's way: content, then the current version's vectors
         version = ModelRegistry(settings.registry_path).current()
-        tower = torch.jit.load(str(version.item_tower_path))
+        tower = load_checkpoint(version.path)[0].encode_items  # the model artefact, as the publisher wrote it
         fresh = random_unit(1, D, seed=7)
         store.upsert(CONTENT, ["fresh"], fresh)
         with torch.no_grad():

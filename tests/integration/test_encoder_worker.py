@@ -31,28 +31,18 @@ def settings(settings):
         update={"model": "minilm", "batch_size": 16, "flush_ms": 100})})  # fmt: skip
 
 
-class Projection(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.randn(D_LLM, D_OUT, generator=torch.Generator().manual_seed(0)))
+def publish_tower(settings) -> tuple[str, object]:
+    """An untrained model over an empty catalogue, published and promoted by trainer/publish.py: the
+    worker fills its collection with the exported item tower as items arrive."""
+    from trainer.publish import Publisher
+    from trainer.towers import LEARN, TowerConfig
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.w  # (N, d_llm) -> (N, d_out)
-
-
-def publish_tower(settings) -> tuple[str, torch.nn.Module]:
-    """A model version whose item tower is a fixed projection, promoted through the registry API."""
-    reg = ModelRegistry(settings.registry_path)
-    name = reg.next_name()
-    path = reg.stage(name)
-    tower = torch.jit.script(Projection())
-    tower.save(str(path / "item_tower.pt"))
-    (path / "weights.safetensors").write_bytes(b"")
-    (path / "config.json").write_text(json.dumps({"test": True}))
-    reg.commit_version(name)
-    reg.mark_published(name)  # an empty collection is complete: the worker fills it as items arrive
-    reg.promote(name)
-    return name, tower
+    torch.manual_seed(0)
+    cfg = TowerConfig(n_items=0, d_llm=D_LLM, d_model=8, n_layers=1, n_heads=2, d_out=D_OUT, item_tower="b")
+    model = LEARN(cfg).eval()
+    with VectorStore(settings.vector_uri) as store:
+        version = Publisher(ModelRegistry(settings.registry_path), store).publish(model, [], np.zeros((0, D_LLM)))
+    return version.name, model.encode_items
 
 
 def item(i, title=None, **kw) -> ItemRecord:
