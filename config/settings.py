@@ -113,14 +113,15 @@ class VectorSettings(BaseModel):
 
 
 class ModelSettings(BaseModel):
-    """The twin towers (trainer/towers.py) and their training."""
+    """The twin towers (trainer/towers.py) and their training. `TowerConfig.from_settings` reads the
+    model's fields from here (its defaults equal these: tests/unit/test_towers.py)."""
 
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 2
     d_out: int = 64
     dropout: float = 0.2
-    item_tower: Literal["a", "b", "c"] = "a"
+    item_tower: Literal["a", "b", "c"] = "a"  # trainer/towers.py ITEM_TOWERS
     use_id_embedding: bool = False
     # full_softmax: best on validation NDCG@10 (trainer/offline.py's docstring has the numbers)
     loss: Literal["dense_all_action", "dense_full", "in_batch", "full_softmax"] = "full_softmax"

@@ -150,3 +150,27 @@ def test_the_item_tower_loader_refuses_archives_that_pickle_more_than_tensors(tm
             dst.writestr(name, data)
     with pytest.raises(Exception, match="(?i)weights only|weights_only|unsupported"):
         load_program(bad)
+
+
+def test_learn_model_publish_serves_an_offline_run_and_lists_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from config import load_settings
+    from deploy.cli import app
+
+    raw = raw_catalogue()
+    save_checkpoint(trained("b", raw), tmp_path / "run" / "checkpoint")
+    data = tmp_path / "data"
+    settings = load_settings(data_dir=data)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["model", "publish", str(tmp_path / "run"), "--data-dir", str(data)])
+    assert refused.exit_code == 1 and "no content embeddings" in refused.output  # a clear error, no traceback
+    with VectorStore(settings.vector_uri) as s:
+        s.ensure_collection(CONTENT, D_RAW)
+        s.upsert(CONTENT, IDS, raw)
+    done = runner.invoke(app, ["model", "publish", str(tmp_path / "run"), "--data-dir", str(data)])
+    assert done.exit_code == 0, done.output
+    current = ModelRegistry(settings.registry_path).current()
+    assert current is not None and current.name in done.output and current.config["source"] == "offline"
+    listed = runner.invoke(app, ["model", "list", "--data-dir", str(data)])
+    assert listed.exit_code == 0 and current.name in listed.output and "offline" in listed.output
