@@ -3,9 +3,10 @@ tests/integration/test_api.py); not part of the installed package.
 
 Each piece is written by the same code the running system uses: content embeddings into the vector
 store's `content` collection and titles into store/titles (as the encoder worker does), users'
-sequences into the per-partition state databases (store/state.py `PartitionState`, as the interaction
-worker does), and a model version written by the publisher (trainer/publish.py, as the trainer does). The published towers are freshly initialised (untrained): they cost
-exactly what trained ones cost, which is what the benchmark measures.
+sequences into the per-partition state databases (store/state.py `PartitionState`, as the
+interaction worker does), and a model version written by the publisher (trainer/publish.py, as the
+trainer does). The published towers are freshly initialised (untrained): they cost exactly what
+trained ones cost, which is what the benchmark measures.
 """
 
 from __future__ import annotations

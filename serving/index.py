@@ -6,10 +6,11 @@ product and a top-k. So the API keeps a copy of the current version's `items_<ve
 and answers from it; the vector store stays the durable record, and this copy follows it:
 
 - Version switches: the registry's CURRENT is followed (store/registry.py `CurrentFollower`); a new
-  version is loaded (its model artefact through trainer/checkpoint.py: the project's own model module
-  and safetensors weights, no archived code; plus a full scan of its collection) in the background while the old snapshot keeps
-  serving, then one reference assignment swaps them. A request reads the snapshot once, so it is
-  answered entirely by one version, and no request fails during a switch.
+  version is loaded (its model artefact through trainer/checkpoint.py: the project's own model
+  module and safetensors weights, no archived code; plus a full scan of its collection) in the
+  background while the old snapshot keeps serving, then one reference assignment swaps them. A
+  request reads the snapshot once, so it is answered entirely by one version, and no request fails
+  during a switch.
 - Items added or changed after the version was published (the encoder worker upserts new items into
   the current version's collection): every `serving.sync_s` the rows stamped (`written_at`) since the
   previous sync began, less a margin, are listed (ids and times only), and the vectors of the rows

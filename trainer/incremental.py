@@ -284,7 +284,8 @@ class IncrementalTrainer:
         index = {item: i for i, item in enumerate(self.catalogue_ids)}
         users = sorted(self.reader.changed_users(start, end))
         seqs = {u: self.reader.sequence(u) or [] for u in users}
-        return Window(start, end, index, users, seqs, window_examples(seqs, start, end, index, self.s.model.max_seq_len))
+        examples = window_examples(seqs, start, end, index, self.s.model.max_seq_len)
+        return Window(start, end, index, users, seqs, examples)
 
     # -- one window: test, train, gate, publish ------------------------------------------------
     def process(self, start: float, end: float) -> WindowResult:

@@ -13,8 +13,9 @@ validation NDCG@10; the test split is scored once, at the end, with the best wei
 Content features: the frozen LLM's mean-pooled, L2-normalised vectors, then (settings.model.whiten)
 mean-centred and PCA-whitened on the catalogue (item text only, no interaction data), then
 L2-normalised again: the model's own feature step (trainer/towers.py `Features`), fitted here and
-saved with the weights, so the checkpoint is servable as it is (`learn model publish RUN_DIR`). Whitening matters for decoder LLMs: raw SmolLM2 vectors have mean pairwise cosine
-~0.93, so every item looks like every other until the common direction is removed.
+saved with the weights, so the checkpoint is servable as it is (`learn model publish RUN_DIR`).
+Whitening matters for decoder LLMs: raw SmolLM2 vectors have mean pairwise cosine ~0.93, so every
+item looks like every other until the common direction is removed.
 
 Baselines, same protocol, same features:
 - zero-training: user = recency-weighted mean (0.7^age) of the history's feature vectors, cosine;

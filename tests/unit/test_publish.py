@@ -135,8 +135,8 @@ def test_the_item_tower_loader_refuses_archives_that_pickle_more_than_tensors(tm
 
     raw = raw_catalogue()
     path = export_item_tower(trained("c", raw), tmp_path / "item_tower.pt2")
-    assert torch.allclose(load_program(path)(torch.from_numpy(raw)), trained("c", raw).encode_items(torch.from_numpy(raw)),
-                          atol=1e-5)  # fmt: skip
+    x = torch.from_numpy(raw)
+    assert torch.allclose(load_program(path)(x), trained("c", raw).encode_items(x), atol=1e-5)
     bad = tmp_path / "bad.pt2"
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
         for name in src.namelist():
