@@ -30,12 +30,19 @@ class ItemTower:
 
     @property
     def version(self) -> Version | None:
-        return self.current.version
+        """The version whose collection gets new items' vectors (None: no usable current version)."""
+        return self.current.version if self.module is not None else None
 
     def refresh(self) -> bool:
         """Follow CURRENT; True when the version changed (a new collection to fill)."""
         current = self.current.poll()
         if current is None:
+            return False
+        if not current.item_tower_path.exists():  # a version of an older release: nothing to run
+            log.error("model version %s has no %s (written by an older release?): new items get no vectors "
+                      "in its collection; publish a new version", current.name, current.item_tower_path.name)  # fmt: skip
+            self.module = None
+            self.current.accept(current)
             return False
         self.module = load_program(current.item_tower_path)
         self.current.accept(current)

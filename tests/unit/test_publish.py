@@ -174,3 +174,15 @@ def test_learn_model_publish_serves_an_offline_run_and_lists_it(tmp_path):
     assert current is not None and current.name in done.output and current.config["source"] == "offline"
     listed = runner.invoke(app, ["model", "list", "--data-dir", str(data)])
     assert listed.exit_code == 0 and current.name in listed.output and "offline" in listed.output
+
+
+def test_the_encoder_item_tower_skips_a_version_without_an_exported_tower(tmp_path, store):
+    raw = raw_catalogue()
+    registry = ModelRegistry(tmp_path / "registry")
+    version = Publisher(registry, store).publish(trained("b", raw), IDS, raw)
+    tower = ItemTower(registry)
+    assert tower.refresh() and tower.version.name == version.name
+    newer = Publisher(registry, store).publish(trained("c", raw), IDS, raw)
+    newer.item_tower_path.unlink()  # as a version written by an older release
+    assert not tower.refresh() and tower.version is None  # no vectors written for it, no retry loop
+    assert not tower.refresh()
