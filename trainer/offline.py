@@ -253,16 +253,14 @@ def run_train(
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_dataset(dataset, s.shared_data_dir, history_cap=ms.max_seq_len).subsample(users, seed=ms.seed)
 
-    raw, fitted, features, encoder_id, encode_stats, anisotropy = None, None, None, None, None, None
+    features, encoder_id, encode_stats, anisotropy = None, None, None, None
     if model != "popularity":
         t_enc = time.perf_counter()
         raw, encoder_id, stats = encode_catalogue(data, enc, s, progress)
         encode_stats = {"seconds": time.perf_counter() - t_enc, "cache_hits": stats.cache_hits,
                         "encoded": stats.encoded, "truncated": stats.truncated}  # fmt: skip
         anisotropy = mean_pairwise_cosine(raw)
-        fitted = Features.fit(raw, ms.whiten, ms.whiten_dim)  # the model's feature step, fitted once
-        with torch.no_grad():
-            features = fitted(torch.from_numpy(np.asarray(raw, np.float32))).numpy()
+        features = content_features(raw, ms.whiten, ms.whiten_dim)
 
     baselines = evaluate_baselines(data, features)
     result: dict = {
@@ -277,7 +275,7 @@ def run_train(
         "baselines": baselines,
     }
     if model == "learn":
-        out = train_model(data, raw, ms, progress, fitted)
+        out = train_model(data, raw, ms, progress)  # the model fits its own feature step on raw
         result.update(
             model=f"learn-{ms.item_tower}", metrics=out.test_metrics, valid_metrics=out.valid_metrics,
             best_epoch=out.best_epoch, curve=out.curve, train_seconds=out.seconds,
@@ -285,7 +283,7 @@ def run_train(
         )  # fmt: skip
         plot_curve(out.curve, run_dir / "curve.png", f"LEARN-({ms.item_tower}) {enc.model}, {dataset}")
         save_checkpoint(out.model, run_dir / "checkpoint", metrics=out.test_metrics,
-                        extra={"encoder": encoder_id, "dataset": dataset})  # fmt: skip
+                        extra={"encoder": encoder_id, "dataset": dataset, "whiten": ms.whiten})  # fmt: skip
     else:
         b = baselines[model]
         result.update(model=model, metrics=b["test"], valid_metrics=b["valid"])

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from config.settings import ModelSettings
 from trainer import losses
 
 
@@ -66,7 +67,7 @@ class TowerConfig:
         self.d_raw = self.d_raw or self.d_llm
 
     @classmethod
-    def from_settings(cls, ms, n_items: int, d_raw: int, d_llm: int | None = None) -> "TowerConfig":
+    def from_settings(cls, ms: ModelSettings, n_items: int, d_raw: int, d_llm: int | None = None) -> "TowerConfig":
         """The config of a model over `n_items` raw vectors of width `d_raw` (features `d_llm` wide)."""
         shared = {f.name: getattr(ms, f.name) for f in fields(cls) if hasattr(ms, f.name)}
         return cls(**shared, n_items=n_items, d_raw=d_raw, d_llm=d_llm or d_raw)
@@ -216,6 +217,9 @@ class SingleItemTower(nn.Module):
 
     contextual = False  # window items are independent: LEARN scores each distinct item once
 
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()  # no weights of its own: the user tower's PCM is passed in
+
     def forward(self, pcm: PreferenceComprehension, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, d_llm), ids (N,) -> (N, d_out) L2-normalised."""
         out = pcm(x.unsqueeze(1), None if ids is None else ids.unsqueeze(1))  # (N, 1, d_out)
@@ -245,7 +249,7 @@ class ContentItemTower(nn.Module):
         return F.normalize(self.proj(x), dim=-1)  # (N, d_out)
 
 
-ITEM_TOWERS = {"a": lambda cfg: ContextualItemTower(), "b": lambda cfg: SingleItemTower(), "c": ContentItemTower}
+ITEM_TOWERS = {"a": ContextualItemTower, "b": SingleItemTower, "c": ContentItemTower}  # TowerConfig.item_tower
 
 
 class LEARN(nn.Module):
