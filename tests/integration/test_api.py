@@ -163,6 +163,9 @@ def test_versions_switch_under_load_without_failed_requests(deployment):
         wait_for(lambda: len(seen) > 20, 10)
         v2 = publish_version(settings, store, IDS, content, seed=1)  # stage, fill, mark published, promote
         wait_for(lambda: seen[-1] == v2.name, 30)
+        # the ten answers after the switch, checked below, all come before the rollback (a loaded
+        # machine answers few requests per poll interval)
+        wait_for(lambda: len(seen) - seen.index(v2.name) > 10, 30)
         ModelRegistry(settings.registry_path).promote("v000001")  # and a rollback, still under load
         wait_for(lambda: seen[-1] == "v000001", 30)
         n = len(seen)
