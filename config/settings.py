@@ -46,6 +46,13 @@ class TopicSettings(BaseModel):
     interactions_dlq: str = "interactions.dlq"
     partitions: int = 4
     dlq_partitions: int = 1
+    # Records consumed from a partition that does not own their user are forwarded here (same
+    # partition count as `interactions`). Empty: "<interactions>.repartition".
+    interactions_repartition: str = ""
+
+    @property
+    def interactions_repartition_topic(self) -> str:
+        return self.interactions_repartition or f"{self.interactions}.repartition"
 
 
 class WorkerSettings(BaseModel):
@@ -65,6 +72,9 @@ class WorkerSettings(BaseModel):
     fetch_max_wait_ms: int = 10
     # fsync each state write batch (survives power loss, not just a process kill); slower.
     sync_writes: bool = False
+    # How long a forward or a dead letter may wait for the broker's acknowledgement (the producer
+    # retries meanwhile). Past it the worker stops with a non-zero exit, before storing the offset.
+    send_timeout_ms: int = 30_000
 
 
 class EncoderSettings(BaseModel):
