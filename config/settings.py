@@ -75,6 +75,10 @@ class WorkerSettings(BaseModel):
     # How long a forward or a dead letter may wait for the broker's acknowledgement (the producer
     # retries meanwhile). Past it the worker stops with a non-zero exit, before storing the offset.
     send_timeout_ms: int = 30_000
+    # A partition that delivered nothing for this long is checked for an offset regression (is the
+    # record applied last still in the broker's log?): a broker need not report a position beyond
+    # its log (Tansu answers with no records), so an idle partition is probed.
+    regression_probe_s: float = 5.0
 
 
 class EncoderSettings(BaseModel):

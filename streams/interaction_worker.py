@@ -91,8 +91,10 @@ class InteractionWorker:
         self.repartition_topic, self.dlq_topic = t.interactions_repartition_topic, t.interactions_dlq
         self.state = StateStore(settings.state_path, t.interactions, sync=settings.worker.sync_writes,
                                 sources=(SOURCE, REPARTITION))  # fmt: skip
-        # tp -> (offset, fingerprint) the first record after a seek must match
-        self.verifying: dict[TopicPartition, tuple[int, bytes | None]] = {}
+        # tp -> (offset sought, offset applied last, its fingerprint): what the next records must show
+        self.verifying: dict[TopicPartition, tuple[int, int, bytes | None]] = {}
+        self.last_seen: dict[TopicPartition, float] = {}  # when records (or a probe) last came
+        self.last_probe = 0.0
 
     # ---- assignment ----
     async def on_assigned(self, assigned) -> None:
@@ -101,42 +103,73 @@ class InteractionWorker:
             # Opening waits while a previous owner (another process) still holds the database.
             part = await loop.run_in_executor(None, self.state.partition, tp.partition)
             self.seek_to_stored(tp, part)
+            log.info("assigned %s: resuming at stored offset %d", tp, part.next_offsets[self.inputs[tp.topic]])
 
     def on_revoked(self, revoked) -> None:
         for tp in revoked:
             self.verifying.pop(tp, None)
+            self.last_seen.pop(tp, None)
             self.state.release(tp.partition)
 
-    def seek_to_stored(self, tp: TopicPartition, part: PartitionState) -> None:
-        """Seek to the stored next offset - 1, so the record there can be checked against its
-        fingerprint before anything after it is applied."""
+    def seek_to_stored(self, tp: TopicPartition, part: PartitionState, sought: int | None = None) -> None:
+        """Seek to the stored next offset - 1 (or earlier, to `sought`), so the record there can be
+        checked against its fingerprint before anything after it is applied."""
         source = self.inputs[tp.topic]
         nxt = part.next_offsets[source]
+        self.last_seen[tp] = time.monotonic()
         if nxt > 0:
-            self.verifying[tp] = (nxt - 1, part.fingerprints[source])
-            self.consumer.seek(tp, nxt - 1)
+            sought = nxt - 1 if sought is None else min(sought, nxt - 1)
+            self.verifying[tp] = (sought, nxt - 1, part.fingerprints[source])
+            self.consumer.seek(tp, sought)
         else:
             self.verifying.pop(tp, None)
             self.consumer.seek(tp, 0)
-        log.info("assigned %s: resuming at stored offset %d", tp, nxt)
+
+    async def probe(self, idle: list[TopicPartition]) -> None:
+        """Partitions that delivered nothing for a while: is the record applied last still in the log?
+
+        Needed because a broker need not say that a position lies beyond its log: Tansu answers such
+        a fetch with no records (Apache Kafka with OFFSET_OUT_OF_RANGE), and reports a partition's end
+        offset as the start of its last batch + 1. So: seek to that batch (which holds the record at
+        stored next - 1 if the log is the one the state was built from) and check what comes."""
+        try:
+            ends = await asyncio.wait_for(self.consumer.end_offsets(idle), timeout=10)
+        except Exception as e:  # broker away: try again at the next probe
+            log.debug("end offsets unavailable for %s: %r", idle, e)
+            ends = {}
+        now = time.monotonic()
+        for tp in idle:
+            self.last_seen[tp] = now
+            end = ends.get(tp)
+            if end is None or tp not in self.consumer.assignment() or not self.state.is_open(tp.partition):
+                continue
+            part = self.state.partition(tp.partition)
+            source = self.inputs[tp.topic]
+            if end == 0 and part.next_offsets[source] > 0:  # empty, but the state applied records from it
+                self.regressed(tp, part, source, -1)
+            elif part.next_offsets[source] > 0:
+                self.seek_to_stored(tp, part, sought=max(end - 1, 0))
 
     # ---- one partition's batch ----
-    async def handle(self, tp: TopicPartition, records: list) -> int | None:
-        """Apply one partition's batch; return its next offset, or None when nothing was stored."""
+    async def handle(self, tp: TopicPartition, records: list, complete: bool) -> int | None:
+        """Apply one partition's batch; return its next offset, or None when nothing was stored.
+        `complete`: the consumer had nothing more buffered (the batch reaches the log's end)."""
         source = self.inputs[tp.topic]
         part = self.state.partition(tp.partition)
         if tp in self.verifying:
-            expected, expected_fp = self.verifying.pop(tp)
-            first = records[0]
-            verdict = check_resume(first.offset, fingerprint(first), expected, expected_fp)
+            sought, expected, expected_fp = self.verifying[tp]
+            delivered = [(m.offset, fingerprint(m) if m.offset == expected else b"") for m in records]
+            verdict, start = check_resume(delivered, sought, expected, expected_fp, complete)
+            if verdict is Resume.PENDING:
+                return None  # records the state already holds: looking further
             if verdict is Resume.REGRESSED:
-                self.regressed(tp, part, source, first.offset)
+                self.regressed(tp, part, source, records[0].offset)
                 return None
-            if verdict is Resume.OK:
-                records = records[1:]  # the record applied last: checked, not applied again
-            elif first.offset > expected + 1:
+            del self.verifying[tp]
+            records = records[start:]
+            if verdict is Resume.GAP and records[0].offset > expected + 1:
                 log.warning("%s: offsets %d..%d were removed from the log before they were applied",
-                            tp, expected + 1, first.offset - 1)  # fmt: skip
+                            tp, expected + 1, records[0].offset - 1)  # fmt: skip
         elif records[0].offset < part.next_offsets[source]:
             # A record below what the state holds: the consumer's position was reset. Check the
             # record the state applied last before going on.
@@ -161,6 +194,7 @@ class InteractionWorker:
             "deduplication keeps the effect exactly once", tp, nxt - 1, seen,
         )  # fmt: skip
         OFFSET_REGRESSIONS.labels(WORKER, tp.topic).inc()
+        self.verifying.pop(tp, None)
         part.rebase(source, 0)
         self.consumer.seek(tp, 0)  # below the log's start too: the reset policy moves it there
 
@@ -171,12 +205,13 @@ class InteractionWorker:
         futures, what = [], []
         try:
             for f in forwards:
+                what.append(f"forward to {self.repartition_topic}[{f.partition}]")
                 futures.append(await self.producer.send(self.repartition_topic, f.value, key=f.key,
                                                         partition=f.partition, timestamp_ms=f.timestamp_ms))  # fmt: skip
-                what.append(f"forward to {self.repartition_topic}[{f.partition}]")
             for x in letters:
+                what.append(f"dead letter to {self.dlq_topic} for {x.source_topic}[{x.partition}]@{x.offset} "
+                            f"({x.reason[:120]})")  # fmt: skip
                 futures.append(await self.producer.send(self.dlq_topic, encode(x), key=x.key.encode() if x.key else None))
-                what.append(f"dead letter for {x.source_topic}[{x.partition}]@{x.offset} ({x.reason[:120]})")
             results = await asyncio.gather(*futures, return_exceptions=True)
         except Exception as e:  # the send itself refused (no metadata for the topic, too large, ...)
             raise FatalError(f"cannot send {what[-1] if what else 'a forward or dead letter'}: {e!r}") from e
@@ -226,12 +261,15 @@ class InteractionWorker:
         consumer = self.consumer
         while True:
             batches = await consumer.getmany(timeout_ms=int(w.take_within_s * 1000), max_records=w.take_max)
+            complete = sum(len(r) for r in batches.values()) < w.take_max
+            now = time.monotonic()
             done = {}
             for tp, records in batches.items():
                 # Only partitions whose state the rebalance listener has opened (and sought to the
                 # stored offset): records fetched before that are fetched again after the seek.
                 if records and tp in consumer.assignment() and self.state.is_open(tp.partition):
-                    nxt = await self.handle(tp, records)
+                    self.last_seen[tp] = now
+                    nxt = await self.handle(tp, records, complete)
                     if nxt is not None:
                         done[tp] = OffsetAndMetadata(nxt, "")
             if done:
@@ -239,6 +277,12 @@ class InteractionWorker:
                     await consumer.commit(done)
                 except Exception as e:  # lag bookkeeping only: the state holds the real offsets
                     log.warning("offset commit failed (harmless, state keeps its own offsets): %s", e)
+            if now - self.last_probe >= w.regression_probe_s / 2:
+                self.last_probe = now
+                idle = [tp for tp in consumer.assignment()
+                        if self.state.is_open(tp.partition) and now - self.last_seen.get(tp, now) >= w.regression_probe_s]  # fmt: skip
+                if idle:
+                    await self.probe(idle)
 
 
 class Rebalance(ConsumerRebalanceListener):

@@ -88,19 +88,39 @@ def letter_for(m: Any, error: RecordError, topic: str) -> DeadLetter:
 
 class Resume(str, Enum):
     OK = "ok"  # the record at the stored next offset - 1 is the one applied last
-    GAP = "gap"  # it is gone (retention), the broker resumes after it: nothing of ours regressed
+    GAP = "gap"  # it is gone (retention), the log goes on after it: nothing of ours regressed
     REGRESSED = "regressed"  # the offset now names another record, or lies beyond the broker's log
+    PENDING = "pending"  # not seen yet: keep looking
 
 
-def check_resume(first_offset: int, first_fp: bytes, expected_offset: int, expected_fp: bytes | None) -> Resume:
-    """Compare the first record delivered after seeking to `expected_offset` (= stored next - 1) with
-    the fingerprint stored for it. A lower offset means the consumer reset to the log's start because
-    the position no longer existed: the log was replaced. No stored fingerprint (state written before
-    fingerprints existed): the offset alone decides."""
-    if first_offset < expected_offset:
-        return Resume.REGRESSED
-    if first_offset > expected_offset:
-        return Resume.GAP
-    if expected_fp is not None and first_fp != expected_fp:
-        return Resume.REGRESSED
-    return Resume.OK
+def check_resume(
+    delivered: list[tuple[int, bytes]],
+    sought: int,
+    expected_offset: int,
+    expected_fp: bytes | None,
+    complete: bool,
+) -> tuple[Resume, int]:
+    """After seeking to `sought` (<= `expected_offset`, the stored next offset - 1), compare the
+    (offset, fingerprint) pairs delivered with the fingerprint stored for `expected_offset`. Returns
+    the verdict and the index of the first delivered record still to apply.
+
+    - a first offset below `sought`: the consumer reset to the log's start because the position did
+      not exist: the log was replaced (REGRESSED);
+    - the record at `expected_offset` with its fingerprint: OK (apply what follows it), with another
+      fingerprint: REGRESSED (no fingerprint stored, state written before they existed: the offset
+      alone decides);
+    - records only after it: GAP (removed by retention; apply them);
+    - records only before it: PENDING, or REGRESSED when `complete` (the fetch returned the whole
+      rest of the log, which ends before what the state applied). Pure."""
+    if not delivered:
+        return (Resume.REGRESSED if complete else Resume.PENDING), 0
+    if delivered[0][0] < sought:
+        return Resume.REGRESSED, 0
+    for i, (offset, fp) in enumerate(delivered):
+        if offset == expected_offset:
+            if expected_fp is not None and fp != expected_fp:
+                return Resume.REGRESSED, 0
+            return Resume.OK, i + 1
+        if offset > expected_offset:
+            return Resume.GAP, i
+    return (Resume.REGRESSED if complete else Resume.PENDING), len(delivered)

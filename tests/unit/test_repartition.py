@@ -73,9 +73,15 @@ def test_fingerprint_tells_records_apart():
 
 
 def test_check_resume():
-    fp = b"1:abc"
-    assert check_resume(9, fp, 9, fp) is Resume.OK
-    assert check_resume(9, b"2:def", 9, fp) is Resume.REGRESSED  # another record at that offset
-    assert check_resume(0, b"2:def", 9, fp) is Resume.REGRESSED  # position reset below: log replaced
-    assert check_resume(12, b"2:def", 9, fp) is Resume.GAP  # trimmed by retention: nothing to redo
-    assert check_resume(9, b"2:def", 9, None) is Resume.OK  # no fingerprint stored: the offset decides
+    fp, other = b"1:abc", b"2:def"
+    # sought the record applied last (offset 9): it is there, or another record is, or the log restarted
+    assert check_resume([(9, fp), (10, b"")], 9, 9, fp, complete=True) == (Resume.OK, 1)
+    assert check_resume([(9, other)], 9, 9, fp, complete=True)[0] is Resume.REGRESSED
+    assert check_resume([(0, other)], 9, 9, fp, complete=True)[0] is Resume.REGRESSED  # reset to the start
+    assert check_resume([(12, b""), (13, b"")], 9, 9, fp, complete=True) == (Resume.GAP, 0)  # trimmed
+    assert check_resume([(9, other)], 9, 9, None, complete=True) == (Resume.OK, 1)  # no fingerprint stored
+    # sought the start of the log's last batch (offset 6): scan up to 9
+    assert check_resume([(6, b""), (7, b""), (8, b""), (9, fp)], 6, 9, fp, complete=True) == (Resume.OK, 4)
+    assert check_resume([(6, b""), (7, b"")], 6, 9, fp, complete=False) == (Resume.PENDING, 2)
+    assert check_resume([(6, b""), (7, b"")], 6, 9, fp, complete=True)[0] is Resume.REGRESSED  # log ends early
+    assert check_resume([], 6, 9, fp, complete=True)[0] is Resume.REGRESSED
