@@ -43,6 +43,7 @@ class Program:
     env: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int | None = None  # ready when this port accepts connections
+    ready_url: str | None = None  # and, if set, when this URL answers 200
 
 
 def tansu_binary() -> Path:

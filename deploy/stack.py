@@ -41,6 +41,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def worker_command(module: str, web_host: str, web_port: int) -> list[str]:
+    """The argv of a faust worker process (its web port given here overrides the settings' one)."""
+    return [sys.executable, "-m", "faust", "-A", module, "worker", "-l", "info",
+            "--web-port", str(web_port), "--web-host", web_host]  # fmt: skip
+
+
 @dataclass
 class Stack:
     settings: Settings
@@ -70,9 +76,7 @@ class Stack:
             update={"worker": self.settings.worker.model_copy(update={"web_port": web_port})}
         )
         env = {**os.environ, **settings_env(s), "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "faust", "-A", module, "worker", "-l", "info",
-               "--web-port", str(web_port), "--web-host", s.worker.web_host]  # fmt: skip
-        self.start_process(name, cmd, env)
+        self.start_process(name, worker_command(module, s.worker.web_host, web_port), env)
         self.wait_http(name, f"http://{s.worker.web_host}:{web_port}/counts")
 
     def start_process(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
@@ -139,4 +143,4 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-__all__ = ["Stack", "WORKERS", "settings_env", "BrokerError", "port_open"]
+__all__ = ["Stack", "WORKERS", "settings_env", "worker_command", "BrokerError", "port_open"]
