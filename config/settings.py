@@ -31,10 +31,24 @@ class BrokerSettings(BaseModel):
     # Tansu's first group join waits half the session timeout: keep it short (works on Apache Kafka too).
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1500
+    # Where the embedded Tansu keeps topics and consumer-group offsets. "s3": durable, in a local
+    # S3-compatible server (localbucket) that stores plain files under <data_dir>/broker/; records and
+    # committed offsets survive restarts and kill -9 of Tansu and of that server. "memory": Tansu's
+    # in-memory engine (a restart empties every topic and forgets every offset).
+    storage: Literal["s3", "memory"] = "s3"
+    s3_port: int = 19094  # the local S3 server's port on 127.0.0.1 (storage "s3" only)
+    s3_bucket: str = "tansu"
+    # An external Kafka (Apache Kafka, Redpanda, a shared Tansu): "host1:9092,host2:9092". Set, nothing
+    # is started: `host`/`port`/`storage` are ignored and every client connects here.
+    bootstrap_servers: str = ""
+
+    @property
+    def external(self) -> bool:
+        return bool(self.bootstrap_servers)
 
     @property
     def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.bootstrap_servers or f"{self.host}:{self.port}"
 
 
 class TopicSettings(BaseModel):
