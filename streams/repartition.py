@@ -56,7 +56,6 @@ class Routed:
     rows: list[tuple[int, Entry | None, str | None]] = field(default_factory=list)
     forwards: list[Forward] = field(default_factory=list)
     letters: list[DeadLetter] = field(default_factory=list)
-    raw: dict[int, Any] = field(default_factory=dict)  # offset -> record, for the rows that are applied
 
 
 def route(records: list, topic: str, partition: int, n_partitions: int) -> Routed:
@@ -69,7 +68,6 @@ def route(records: list, topic: str, partition: int, n_partitions: int) -> Route
             owner = canonical_partition(rec.user_id, n_partitions)
             if owner == partition:
                 out.rows.append((m.offset, Entry(rec.event_time, rec.item_id, rec.action.value, rec.event_id), rec.user_id))
-                out.raw[m.offset] = m
                 continue
             out.forwards.append(Forward(owner, rec.user_id.encode("utf-8"), encode(rec), m.timestamp))
         except RecordError as e:

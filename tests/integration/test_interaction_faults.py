@@ -61,6 +61,8 @@ def test_foreign_partitioners_keyless_records_and_tombstones(settings, tmp_path)
     dead-lettered with their reason and stop nothing."""
     evs = events(n_users=24, per_user=9, tag="p")
     t = settings.topics.interactions
+    # idle partitions are probed every second: intact logs must never count as regressed
+    settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"regression_probe_s": 1.0})})
     port = free_port()
     with Stack(settings, tmp_path / "run") as stack:
         stack.create_topics()
@@ -93,6 +95,9 @@ def test_foreign_partitioners_keyless_records_and_tombstones(settings, tmp_path)
         letters = dead_letters(settings.broker.bootstrap, settings.topics.interactions_dlq, 2)
         assert sorted(x["key"] for x in letters) == ["u1", "u2"]
         assert all(x["null_value"] and x["payload"] == "" and "tombstone" in x["reason"] for x in letters)
+        time.sleep(3.0)  # a few idle probes
+        assert worker_metric(port, "learn_offset_regressions_total") == 0
+        assert stored(reader) == expected
         assert stack.procs["interactions"].poll() is None  # still running
         reader.close()
 
