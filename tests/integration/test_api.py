@@ -146,8 +146,10 @@ def assert_documented_answer(r: httpx.Response, allowed: set[int]) -> None:
         ErrorBody.model_validate(r.json())  # the one documented error body
 
 
-def test_any_id_answers_200_404_or_422_never_500(deployment):
+@pytest.mark.parametrize("search", ["memory", "store"])
+def test_any_id_answers_200_404_or_422_never_500(deployment, search):
     settings, _, _ = deployment
+    settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"search": search})})
     with Api(settings) as api, httpx.Client(base_url=api.url, timeout=30) as c:
         for i in HOSTILE:
             assert_documented_answer(post_history(c, [i]), {422})
@@ -253,7 +255,8 @@ def test_a_token_is_required_when_configured_and_when_not_on_loopback(deployment
         create_app(settings.model_copy(update={"serving": settings.serving.model_copy(update={"host": "0.0.0.0"})}))
     secured = settings.model_copy(update={"serving": settings.serving.model_copy(update={"token": "s3cret"})})
     with Api(secured) as api, httpx.Client(base_url=api.url, timeout=10) as c:
-        assert c.get("/users/user1/recommendations").status_code == 401
+        r = c.get("/users/user1/recommendations")
+        assert r.status_code == 401 and ErrorBody.model_validate(r.json()).detail == "a valid bearer token is required"
         assert c.get("/users/user1/recommendations", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/users/user1/recommendations", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/health").status_code == 200  # probes stay open

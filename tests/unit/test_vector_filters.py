@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from milvus_lite.search.filter import parse_expr
 from milvus_lite.search.filter.ast import InOp, StringLit
 
+import store.vectors as vectors_module
 from store.vectors import CONTENT, MAX_ID_BYTES, VectorStore, _in_filter, storable
 
 HOSTILE = ['q"uote', "s'ingle", "back\\slash", "ends\\", '\\"', "tab\tx", "nl\nx", "cr\rx", "nul\x00x",
@@ -61,3 +62,14 @@ def test_get_and_delete_find_exactly_the_asked_rows(store):
     store.delete(CONTENT, ['" or item_id != "', "nul\x00x"])
     assert store.count(CONTENT) == len(ids) - 2
     assert set(store.get(CONTENT, ids)) == set(ids) - {'" or item_id != "', "nul\x00x"}
+
+
+def test_a_scan_pages_past_any_id(store, monkeypatch):
+    monkeypatch.setattr(vectors_module, "SCAN_BATCH", 2)  # every hostile id lands on a page boundary
+    store.ensure_collection(CONTENT, 4)
+    ids = HOSTILE + ["a", "b", "item_id", "zz"]
+    store.upsert(CONTENT, ids, np.eye(4, dtype=np.float32)[np.arange(len(ids)) % 4], event_times=range(len(ids)))
+    seen = [r["item_id"] for r in store.scan(CONTENT, ["event_time"])]
+    assert sorted(seen) == sorted(ids)  # each exactly once
+    late = [r["item_id"] for r in store.scan(CONTENT, ["event_time"], filter=f"event_time >= {len(HOSTILE)}")]
+    assert sorted(late) == ["a", "b", "item_id", "zz"]
