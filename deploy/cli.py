@@ -97,9 +97,24 @@ def demo(
     raise typer.Exit(0 if report.ok else 1)
 
 
+DataOption = typer.Option(None, "--data", help="A dataset folder (plain, lcrec or atomic files: README, 'Bring your own data') "
+                          "or a dataset name from the settings ([datasets.<name>]).")  # fmt: skip
+FormatOption = typer.Option("auto", "--format", help="auto | plain | lcrec | atomic (auto: detected from the files).")
+PrefixOption = typer.Option("", "--prefix", help="File-name prefix of lcrec/atomic files (default: the one present).")
+
+
+def _fail(message: str) -> None:
+    """A short error on stderr and exit status 2: no traceback for bad input."""
+    Console(stderr=True, soft_wrap=True).print(f"error: {message}", style="red", markup=False, highlight=False)
+    raise typer.Exit(2)
+
+
 @app.command()
 def train(
-    dataset: str = typer.Option("amazon-scientific-unisrec", help="amazon-scientific-unisrec | amazon-scientific-lcrec"),
+    data: Optional[str] = DataOption,
+    dataset: Optional[str] = typer.Option(None, help="Same as --data (kept for old scripts)."),
+    data_format: str = FormatOption,
+    prefix: str = PrefixOption,
     encoder: Optional[str] = typer.Option(None, help="smollm2 | minilm | a local HF path (default: settings)."),
     item_tower: Optional[str] = typer.Option(None, help="LEARN item tower: a | b | c (default: settings)."),
     model: str = typer.Option("learn", help="learn | zero-training | popularity"),
@@ -111,15 +126,26 @@ def train(
     dense_weight: Optional[float] = typer.Option(
         None, help="With the full softmax: weight of the paper's dense all-action loss added to it."
     ),
+    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's, all cores)."),
     run_dir: Optional[Path] = typer.Option(None, help="Output dir (default: runs/train-<model>-<time>)."),
     data_dir: Optional[Path] = DataDir,
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Offline LEARN on real data: encode items (cached), train the twin towers, evaluate (results.json, curve.png)."""
+    """Offline LEARN on a dataset (default: the UniSRec Scientific split): encode items (cached), train the
+    twin towers, evaluate (results.json, curve.png)."""
+    from pydantic import ValidationError
+
+    from streams.datasets import DatasetError
     from trainer.offline import train_cli
 
-    train_cli(_settings(data_dir), dataset, encoder, item_tower, model, seed, users, loss, whiten, epochs,
-              run_dir, progress, dense_weight=dense_weight)  # fmt: skip
+    if model not in ("learn", "zero-training", "popularity"):
+        _fail(f"unknown model {model!r}: choose learn, zero-training or popularity")
+    try:
+        train_cli(_settings(data_dir), data or dataset or "amazon-scientific-unisrec", encoder, item_tower, model,
+                  seed, users, loss, whiten, epochs, run_dir, progress, threads=threads, dense_weight=dense_weight,
+                  data_format=data_format, prefix=prefix)  # fmt: skip
+    except (DatasetError, ValidationError) as e:
+        _fail(str(e))
 
 
 model_app = typer.Typer(help="Published model versions (the registry).", no_args_is_help=True)

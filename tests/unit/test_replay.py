@@ -17,7 +17,7 @@ def test_interleave_keeps_each_users_order_and_every_event():
 
 
 def test_unisrec_text_is_split_into_fields():
-    item = parse_unisrec_text("A", "Drill 18V. Industrial & Scientific Power Tools. DeWalt. ")
+    item = parse_unisrec_text("A", "Drill 18V. Industrial & Scientific Power Tools. DeWalt. ", ["Industrial & Scientific"])
     assert (item.title, item.categories, item.brand) == ("Drill 18V", ["Power Tools"], "DeWalt")
     item = parse_unisrec_text("B", "Tube 5/16 ID. . Learn To Brew LLC. ")
     assert (item.title, item.categories, item.brand) == ("Tube 5/16 ID", [], "Learn To Brew LLC")
