@@ -2,8 +2,10 @@
 
 One object serves the offline trainer (the whole catalogue) and the streaming encoder worker (one
 micro-batch at a time): `encode(prompts)` looks every prompt up in the embedding cache, runs the LLM
-only on the misses, and stores what it computed. Misses are sorted by token length and padded per
-batch (length bucketing), so short texts never pay for long ones. No gradients, `inference_mode`,
+only on the misses, and stores each batch's vectors as soon as they are computed (an interrupted
+encode resumes where it stopped). Misses are sorted by token length and padded per batch (length
+bucketing), so short texts never pay for long ones; the longest go first (memory peaks early), so
+progress is counted in padded tokens, not items, and the ETA holds from the first batches. No gradients, `inference_mode`,
 fp32 on CPU and bf16 on CUDA unless settings.encoder.dtype says otherwise; vectors come back as
 float32 whatever the compute dtype.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,11 +91,12 @@ class ContentEncoder:
         over = np.nonzero(lengths > self.settings.max_tokens)[0]
         self.last_stats.truncated += len(over)
         self.last_stats.truncated_examples = over[:5].tolist()
-        order = np.argsort(-lengths, kind="stable")  # longest first: memory peaks early
-        bs = self.settings.batch_size
-        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+        batches, tokens = batch_plan(lengths, self.settings.batch_size, self.settings.max_tokens)
+        bar = tqdm(total=int(tokens.sum()), desc=f"encode {self.settings.model}", unit="tok", unit_scale=True,
+                   disable=not progress, mininterval=1.0)  # fmt: skip
+        done = 0
         with torch.inference_mode():
-            for b in tqdm(batches, desc=f"encode {self.settings.model}", disable=not progress):
+            for b, n_tok in zip(batches, tokens):
                 enc = tok(
                     [prompts[i] for i in b],
                     padding=True,
@@ -101,12 +105,20 @@ class ContentEncoder:
                     return_tensors="pt",
                 ).to(llm.device)
                 yield b, enc["attention_mask"], llm.model(**enc, **model_kwargs)
+                done += len(b)
+                bar.update(int(n_tok))
+                bar.set_postfix_str(f"{done}/{len(prompts)} items", refresh=False)
+        bar.close()
 
-    def _encode_uncached(self, prompts: list[str], progress: bool) -> np.ndarray:
+    def _encode_uncached(self, prompts: list[str], progress: bool,
+                         on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:  # fmt: skip
+        """(N, d) vectors; `on_batch(row indices, their vectors)` after every forward pass."""
         out = np.zeros((len(prompts), self.llm.hidden_size), dtype=np.float32)
         for b, mask, res in self._forward_batches(prompts, progress):
             hidden = res.last_hidden_state  # (B, T, d)
             out[b] = content_embedding(hidden, mask).cpu().numpy()  # (B, d)
+            if on_batch is not None:
+                on_batch(b, out[b])
         return out
 
     def encode_every_layer(self, prompts: list[str], progress: bool = False) -> np.ndarray:
@@ -137,10 +149,15 @@ class ContentEncoder:
         self.last_stats.cache_hits = len(prompts) - sum(v is None for v in cached)
         computed: dict[str, np.ndarray] = {}
         if missing:
-            vecs = self._encode_uncached(missing, progress)
+            if self.cache is None:
+                vecs = self._encode_uncached(missing, progress)
+            else:
+                def commit(rows: np.ndarray, vectors: np.ndarray) -> None:  # each batch is kept at once
+                    self.cache.put_many(self.model_id, self.template, [missing[i] for i in rows], vectors)
+
+                with self.cache.writing():
+                    vecs = self._encode_uncached(missing, progress, on_batch=commit)
             self.last_stats.encoded = len(missing)
-            if self.cache is not None:
-                self.cache.put_many(self.model_id, self.template, missing, vecs)
             computed = dict(zip(missing, vecs))
             if self.last_stats.truncated:
                 log.warning(
@@ -154,3 +171,12 @@ class ContentEncoder:
     @property
     def dim(self) -> int:
         return self.llm.hidden_size
+
+
+def batch_plan(lengths: np.ndarray, batch_size: int, max_tokens: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Forward passes over texts of these token lengths, longest first, and the padded tokens each
+    pass computes (batch rows x its longest text, capped at max_tokens): the unit of progress."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    tokens = np.array([len(b) * min(int(lengths[b].max()), max_tokens) for b in batches], dtype=np.int64)
+    return batches, tokens
