@@ -4,8 +4,9 @@ One object serves the offline trainer (the whole catalogue) and the streaming en
 micro-batch at a time): `encode(prompts)` looks every prompt up in the embedding cache, runs the LLM
 only on the misses, and stores each batch's vectors as soon as they are computed (an interrupted
 encode resumes where it stopped). Misses are sorted by token length and padded per batch (length
-bucketing), so short texts never pay for long ones; the longest go first (memory peaks early), so
-progress is counted in padded tokens, not items, and the ETA holds from the first batches. No gradients, `inference_mode`,
+bucketing), so short texts never pay for long ones; the batches then run in a seeded shuffled order
+(long and short mixed, not longest first), so the rate the progress bar sees early is the rate of
+the whole encode and its ETA holds from the first batches. No gradients, `inference_mode`,
 fp32 on CPU and bf16 on CUDA unless settings.encoder.dtype says otherwise; vectors come back as
 float32 whatever the compute dtype.
 """
@@ -91,12 +92,11 @@ class ContentEncoder:
         over = np.nonzero(lengths > self.settings.max_tokens)[0]
         self.last_stats.truncated += len(over)
         self.last_stats.truncated_examples = over[:5].tolist()
-        batches, tokens = batch_plan(lengths, self.settings.batch_size, self.settings.max_tokens)
-        bar = tqdm(total=int(tokens.sum()), desc=f"encode {self.settings.model}", unit="tok", unit_scale=True,
-                   disable=not progress, mininterval=1.0)  # fmt: skip
-        done = 0
+        batches = batch_plan(lengths, self.settings.batch_size)
+        bar = tqdm(total=len(prompts), desc=f"encode {self.settings.model}", unit="item", disable=not progress,
+                   mininterval=1.0)  # fmt: skip
         with torch.inference_mode():
-            for b, n_tok in zip(batches, tokens):
+            for b in batches:
                 enc = tok(
                     [prompts[i] for i in b],
                     padding=True,
@@ -105,9 +105,7 @@ class ContentEncoder:
                     return_tensors="pt",
                 ).to(llm.device)
                 yield b, enc["attention_mask"], llm.model(**enc, **model_kwargs)
-                done += len(b)
-                bar.update(int(n_tok))
-                bar.set_postfix_str(f"{done}/{len(prompts)} items", refresh=False)
+                bar.update(len(b))
         bar.close()
 
     def _encode_uncached(self, prompts: list[str], progress: bool,
@@ -173,10 +171,10 @@ class ContentEncoder:
         return self.llm.hidden_size
 
 
-def batch_plan(lengths: np.ndarray, batch_size: int, max_tokens: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Forward passes over texts of these token lengths, longest first, and the padded tokens each
-    pass computes (batch rows x its longest text, capped at max_tokens): the unit of progress."""
+def batch_plan(lengths: np.ndarray, batch_size: int, seed: int = 0) -> list[np.ndarray]:
+    """Forward passes over texts of these token lengths: cut in length order (little padding), run in
+    a seeded shuffled order, so any prefix is a fair sample of the cost and the ETA is honest."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    tokens = np.array([len(b) * min(int(lengths[b].max()), max_tokens) for b in batches], dtype=np.int64)
-    return batches, tokens
+    np.random.default_rng(seed).shuffle(batches)
+    return batches

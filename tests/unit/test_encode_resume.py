@@ -50,10 +50,13 @@ def stored(path) -> int:
     return n
 
 
-def test_batch_plan_goes_longest_first_and_counts_padded_tokens():
-    batches, tokens = batch_plan(np.array([3, 9, 5, 200, 1]), batch_size=2, max_tokens=128)
-    assert [b.tolist() for b in batches] == [[3, 1], [2, 0], [4]]
-    assert tokens.tolist() == [2 * 128, 2 * 5, 1 * 1]
+def test_batch_plan_cuts_in_length_order_and_mixes_long_and_short():
+    lengths = np.arange(1, 101)
+    batches = batch_plan(lengths, batch_size=10)
+    assert sorted(sorted(lengths[b].tolist()) for b in batches) == [list(range(k, k + 10)) for k in range(1, 101, 10)]
+    first_half = np.concatenate(batches[:5])
+    assert 0.3 < lengths[first_half].sum() / lengths.sum() < 0.7  # not the longest first: the rate seen early is fair
+    assert [b.tolist() for b in batch_plan(lengths, 10)] == [b.tolist() for b in batches]  # seeded
 
 
 @pytest.mark.slow
