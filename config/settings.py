@@ -187,7 +187,8 @@ class DatasetSettings(BaseModel):
     .train/.valid/.test.inter); "auto" detects which one the folder holds.
     """
 
-    # The folder. None: <shared_data_dir>/<the table's name> (how the two built-in datasets are found).
+    # The folder (relative: from the current directory). None: <shared_data_dir>/<the table's name>
+    # (how the two built-in datasets are found).
     path: Path | None = None
     format: Literal["auto", "plain", "lcrec", "atomic"] = "auto"
     prefix: str = ""  # file-name prefix of the lcrec/atomic files ("" = detected: the one prefix present)

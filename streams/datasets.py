@@ -23,6 +23,7 @@ import csv
 import json
 import logging
 import math
+import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,6 +84,24 @@ class RawDataset:
     times: dict[str, list[float]] | None = None
     actions: dict[str, list[str]] | None = None
     meta: dict = field(default_factory=dict)
+
+
+def subsample(ds: RawDataset, users: int | None, seed: int = 0) -> RawDataset:
+    """`users` users of a seeded shuffle, with only the items they touch plus 10% others."""
+    if not users or users >= len(ds.sequences):
+        return ds
+    rng = random.Random(seed)
+    chosen = rng.sample(sorted(ds.sequences), users)
+    sequences = {u: ds.sequences[u] for u in chosen}
+    used = {i for seq in sequences.values() for i in seq}
+    others = [i for i in ds.items if i not in used]
+    keep = used | set(rng.sample(others, min(len(others), len(used) // 10)))
+
+    def pick(per_user: dict | None) -> dict | None:
+        return None if per_user is None else {u: per_user[u] for u in chosen}
+
+    return RawDataset(ds.name, {i: it for i, it in ds.items.items() if i in keep}, sequences, pick(ds.times),
+                      pick(ds.actions), {**ds.meta, "subsample_users": users})  # fmt: skip
 
 
 # -- finding the files ---------------------------------------------------------------------------

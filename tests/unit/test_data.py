@@ -164,3 +164,19 @@ def test_the_builtin_scientific_splits_are_unchanged():
         assert (d.name, d.n_items, d.n_users, _digest(d)) == (name, n_items, n_users, digest)
         by_path = load_source(resolve(str(SHARED_DATA / name), BUILTIN_DATASETS, SHARED_DATA))
         assert by_path.name == name and _digest(by_path) == digest
+
+
+def test_a_dataset_named_in_the_settings_toml(tmp_path, monkeypatch):
+    from config import load_settings
+
+    folder = write_lcrec(tmp_path / "toys", prefix="Toys")
+    toml = tmp_path / "learn.toml"
+    toml.write_text(f'[datasets.toys]\npath = "{folder}"\nformat = "lcrec"\nprefix = "Toys"\ndrop_categories = ["Lab"]\n')
+    monkeypatch.setenv("LEARN_CONFIG", str(toml))
+    s = load_settings()
+    assert set(BUILTIN_DATASETS) < set(s.datasets)  # a table adds a dataset; the built-in ones stay
+    src = resolve("toys", s.datasets, s.shared_data_dir)
+    assert (src.name, src.format, src.prefix, src.drop_categories) == ("toys", "lcrec", "Toys", ("Lab",))
+    d = load_source(src)
+    assert d.name == "toys" and all("Lab" not in f["categories"] for f in d.item_fields)
+    assert d.item_fields[0]["categories"] in ("Tools", "Glass")
