@@ -41,6 +41,7 @@ import json
 import logging
 import random
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,8 @@ from tqdm.auto import tqdm
 
 from config.settings import EncoderSettings, ModelSettings, Settings
 from encoder.pooling import Whitening, l2_normalize, mean_pairwise_cosine
-from trainer.checkpoint import save_checkpoint
 from streams.datasets import DatasetSource, resolve
+from trainer.checkpoint import save_checkpoint
 from trainer.data import RecData, load_source
 from trainer.evaluation import evaluate_examples
 from trainer.towers import LEARN, TowerConfig, pad_sequences
@@ -271,8 +272,6 @@ def run_train(
         return _run_loaded(s, src, data, run_dir, model, progress, t0)
     except BaseException:
         if created and run_dir.exists():
-            import shutil
-
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
