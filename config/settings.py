@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -209,6 +209,32 @@ class ServingSettings(BaseModel):
     metrics_urls: list[str] = []  # the workers' /metrics pages, re-exported (job label) on the API's /metrics
 
 
+class DatasetSettings(BaseModel):
+    """One dataset by path (`[datasets.<name>]` in the TOML file, or `--data PATH` on the command line).
+
+    Formats (streams/datasets.py reads them; README "Bring your own data" has an example of each):
+    "plain" (interactions.csv + items.jsonl), "lcrec" (<prefix>.item.json + <prefix>.inter.json),
+    "atomic" (the UniSRec/RecBole pre-split atomic files <prefix>.text, .item2index, .user2index,
+    .train/.valid/.test.inter); "auto" detects which one the folder holds.
+    """
+
+    # The folder (relative: from the current directory). None: <shared_data_dir>/<the table's name>
+    # (how the two built-in datasets are found).
+    path: Path | None = None
+    format: Literal["auto", "plain", "lcrec", "atomic"] = "auto"
+    prefix: str = ""  # file-name prefix of the lcrec/atomic files ("" = detected: the one prefix present)
+    # Category names dropped from every item (e.g. a root category every item shares, which tells the
+    # model nothing); in the atomic ".text" strings they also mark where the title ends.
+    drop_categories: list[str] = []
+
+
+SCIENTIFIC_ROOT = "Industrial & Scientific"
+BUILTIN_DATASETS = {
+    "amazon-scientific-unisrec": DatasetSettings(format="atomic", prefix="Scientific", drop_categories=[SCIENTIFIC_ROOT]),
+    "amazon-scientific-lcrec": DatasetSettings(format="lcrec", prefix="Scientific", drop_categories=[SCIENTIFIC_ROOT]),
+}
+
+
 class Settings(BaseSettings):
     """The whole system's configuration."""
 
@@ -230,6 +256,13 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     trainer: TrainerSettings = TrainerSettings()
     serving: ServingSettings = ServingSettings()
+    # Datasets by name (the built-in two are always there; a TOML table adds or overrides one).
+    datasets: dict[str, DatasetSettings] = dict(BUILTIN_DATASETS)
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _keep_builtin_datasets(cls, v):
+        return {**BUILTIN_DATASETS, **(v or {})}
 
     @classmethod
     def settings_customise_sources(
