@@ -8,13 +8,15 @@ then the defaults below, which run everything embedded on one machine.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -34,7 +36,49 @@ class BrokerSettings(BaseModel):
 
     @property
     def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
+        """The bootstrap address(es), comma-separated (what kafka-python and aiokafka accept)."""
+        return ",".join(self.bootstrap_servers) if self.bootstrap_servers else f"{self.host}:{self.port}"
+
+    # ---- a real cluster (deploy/compose.yaml, deploy/k8s/). streams/kafka_options.py turns these into
+    # each client library's options; the defaults are the embedded broker's (one address, plaintext).
+    # "host:port" of several brokers; non-empty replaces host/port. From the environment either JSON
+    # (LEARN_BROKER__BOOTSTRAP_SERVERS='["kafka-0:9092","kafka-1:9092"]') or comma-separated.
+    bootstrap_servers: Annotated[list[str], NoDecode] = []
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    # Plain str, not SecretStr: the stack hands settings to its processes as JSON (deploy/stack.py),
+    # which would mask a SecretStr. In Kubernetes it comes from a Secret (deploy/k8s/config.yaml).
+    sasl_password: str = ""
+    ssl_cafile: str = ""  # CA bundle that signed the brokers' certificates (empty: the system's)
+    ssl_certfile: str = ""  # client certificate and its key, for brokers that require mutual TLS
+    ssl_keyfile: str = ""
+    ssl_check_hostname: bool = True
+
+    @field_validator("bootstrap_servers", mode="before")
+    @classmethod
+    def _split_servers(cls, v):
+        if isinstance(v, str):
+            v = v.strip()
+            v = json.loads(v) if v.startswith("[") else [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port(cls, v: list[str]) -> list[str]:
+        for server in v:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"bootstrap server {server!r} is not host:port")
+        return v
+
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> "BrokerSettings":
+        if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_username and sasl_password")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (a client certificate and its key)")
+        return self
 
 
 class TopicSettings(BaseModel):
@@ -46,6 +90,17 @@ class TopicSettings(BaseModel):
     interactions_dlq: str = "interactions.dlq"
     partitions: int = 4
     dlq_partitions: int = 1
+    # ---- a real cluster: copies of each partition, and how many must acknowledge a write (acks=all).
+    # The embedded broker has one node: 1 and 0 (0: leave min.insync.replicas to the broker's default).
+    replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> "TopicSettings":
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas {self.min_insync_replicas} > replication_factor "
+                             f"{self.replication_factor}: no write could ever be acknowledged")  # fmt: skip
+        return self
 
 
 class WorkerSettings(BaseModel):
