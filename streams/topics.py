@@ -65,3 +65,16 @@ def partition_counts(broker: str | BrokerSettings, names: list[str]) -> dict[str
         return {d.get("topic") or d["name"]: len(d["partitions"]) for d in admin.describe_topics(names)}
     finally:
         admin.close()
+
+
+def main() -> None:
+    """`python -m streams.topics`: create the configured topics (the cluster layout's one-shot job)."""
+    from config import load_settings
+
+    settings = load_settings()
+    created = ensure_topics(settings.broker, topic_specs(settings), timeout_ms=60_000)
+    print(f"topics on {settings.broker.bootstrap}: created {', '.join(created) or 'none (all existed)'}")
+
+
+if __name__ == "__main__":
+    main()
