@@ -78,6 +78,17 @@ def test_odd_ids_round_trip(store, monkeypatch):
     assert store.count(CONTENT) == len(ODD_IDS) - 2
 
 
+def test_scan_pages_through_every_row(store, monkeypatch):
+    monkeypatch.setattr(vectors_module, "SCAN_BATCH", 3)  # several pages
+    ids = [f"s{k:02d}" for k in range(10)]
+    store.ensure_collection(CONTENT, 4)
+    store.upsert(CONTENT, ids, unit(np.random.default_rng(1).standard_normal((10, 4))), text_hashes=["h"] * 10)
+    rows = list(store.scan(CONTENT, ["text_hash", "vector"]))
+    assert sorted(r["item_id"] for r in rows) == ids and {r["text_hash"] for r in rows} == {"h"}
+    assert all(len(r["vector"]) == 4 for r in rows)
+    assert sorted(r["item_id"] for r in store.scan(CONTENT, [], filter='text_hash == "h"')) == ids
+
+
 def test_another_dimension_is_refused(store):
     store.ensure_collection(CONTENT, 8)
     store.ensure_collection(CONTENT, 8)  # idempotent
