@@ -53,13 +53,13 @@ MAX_ID_BYTES = 512  # ids are <= 128 characters (streams/schemas.py); UTF-8 need
 QUERY_CAP = 16384  # Milvus caps one query's results at this many rows
 SCAN_BATCH = 8192  # rows per page of a scan
 PAGE = 4096  # rows per page when listing ids by offset
-# pymilvus pings every 10 s; the loopback host's grpc server answers an idle client's pings with
-# GOAWAY "too_many_pings" after a while, which fails the next call. Loopback needs no keepalive.
 # On a Milvus server, "Session": a process reads its own writes at once, others within Milvus' time
 # tick (milliseconds); "Strong" made every search wait ~400 ms for the tick here, "Bounded" (the
 # default) hid a write from its own writer's next count. `count` alone reads "Strong" (see there).
 # milvus-lite reads every write at once.
 CONSISTENCY = "Session"
+# pymilvus pings every 10 s; the loopback host's grpc server answers an idle client's pings with
+# GOAWAY "too_many_pings" after a while, which fails the next call. Loopback needs no keepalive.
 LOOPBACK_GRPC = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
 
 
@@ -180,8 +180,10 @@ class VectorStore:
                 return
             except Exception as e:
                 self._close_client()
-                if not _is_connection_error(e) or time.monotonic() > deadline:
-                    raise StoreUnavailable(f"Milvus server {self.uri}: {type(e).__name__}: {e}") from e
+                if not _is_connection_error(e):
+                    raise  # e.g. a refused token: no waiting fixes it
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"Milvus server {self.uri} unreachable for {self.wait_s}s: {e}") from e
                 time.sleep(0.5)
 
     def _load_released(self) -> None:

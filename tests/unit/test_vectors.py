@@ -164,6 +164,14 @@ def test_server_restart_releases_collections_and_the_store_loads_them(milvus_ser
         assert search_ids(after, CONTENT, q) == ["a", "b", "c"] and after.count(CONTENT) == 3
 
 
+def test_an_unreachable_server_is_a_clear_error_after_the_wait():
+    from deploy.broker import free_port
+    from store.vectors import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable, match="unreachable for 1.0s"):
+        VectorStore(f"http://127.0.0.1:{free_port()}", wait_s=1.0).open()
+
+
 def test_store_imports_no_model_code():
     code = "import sys, store.vectors, store.registry; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
