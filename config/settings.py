@@ -8,15 +8,13 @@ then the defaults below, which run everything embedded on one machine.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
-    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -33,17 +31,17 @@ class BrokerSettings(BaseModel):
     # Tansu's first group join waits half the session timeout: keep it short (works on Apache Kafka too).
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1500
+    # An external Kafka (Apache Kafka, a cluster): "host1:9092,host2:9092". Set, every client connects
+    # here and host/port are ignored.
+    bootstrap_servers: str = ""
 
     @property
     def bootstrap(self) -> str:
         """The bootstrap address(es), comma-separated (what kafka-python and aiokafka accept)."""
-        return ",".join(self.bootstrap_servers) if self.bootstrap_servers else f"{self.host}:{self.port}"
+        return self.bootstrap_servers or f"{self.host}:{self.port}"
 
     # ---- a real cluster (deploy/compose.yaml, deploy/k8s/). streams/kafka_options.py turns these into
-    # each client library's options; the defaults are the embedded broker's (one address, plaintext).
-    # "host:port" of several brokers; non-empty replaces host/port. From the environment either JSON
-    # (LEARN_BROKER__BOOTSTRAP_SERVERS='["kafka-0:9092","kafka-1:9092"]') or comma-separated.
-    bootstrap_servers: Annotated[list[str], NoDecode] = []
+    # each client library's options; the defaults are the embedded broker's (plaintext).
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
     sasl_username: str = ""
@@ -55,22 +53,15 @@ class BrokerSettings(BaseModel):
     ssl_keyfile: str = ""
     ssl_check_hostname: bool = True
 
-    @field_validator("bootstrap_servers", mode="before")
-    @classmethod
-    def _split_servers(cls, v):
-        if isinstance(v, str):
-            v = v.strip()
-            v = json.loads(v) if v.startswith("[") else [x.strip() for x in v.split(",") if x.strip()]
-        return v
-
     @field_validator("bootstrap_servers")
     @classmethod
-    def _host_port(cls, v: list[str]) -> list[str]:
-        for server in v:
+    def _host_port_list(cls, v: str) -> str:
+        servers = [x.strip() for x in v.split(",") if x.strip()]
+        for server in servers:
             host, _, port = server.rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError(f"bootstrap server {server!r} is not host:port")
-        return v
+        return ",".join(servers)
 
     @model_validator(mode="after")
     def _credentials_complete(self) -> "BrokerSettings":

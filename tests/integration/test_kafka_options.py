@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 def test_admin_and_faust_follow_the_bootstrap_list(settings, broker):
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there: the client must go on to the next
-    s = load_settings(**{**settings.model_dump(), "broker": {"bootstrap_servers": [dead, f"{broker[0]}:{broker[1]}"]},
+    s = load_settings(**{**settings.model_dump(), "broker": {"bootstrap_servers": f"{dead},{broker[0]}:{broker[1]}"},
                          "topics": {**settings.topics.model_dump(), "partitions": 3, "replication_factor": 1}})  # fmt: skip
     specs = topic_specs(s)
     assert sorted(ensure_topics(s.broker, specs)) == sorted(x.name for x in specs)
@@ -22,5 +22,5 @@ def test_admin_and_faust_follow_the_bootstrap_list(settings, broker):
     counts = partition_counts(s.broker, [s.topics.items, s.topics.interactions_dlq])
     assert counts == {s.topics.items: 3, s.topics.interactions_dlq: 1}
     app = make_app("options-check", s)
-    assert [f"{u.host}:{u.port}" for u in app.conf.broker] == s.broker.bootstrap_servers
+    assert [f"{u.host}:{u.port}" for u in app.conf.broker] == [dead, f"{broker[0]}:{broker[1]}"]
     assert app.conf.broker_credentials is None

@@ -52,7 +52,7 @@ def settings_from(env: dict[str, str], monkeypatch) -> Settings:
 
 
 def assert_cluster_settings(s: Settings) -> None:
-    assert len(s.broker.bootstrap_servers) == 3 and s.broker.security_protocol.startswith("SASL")
+    assert len(s.broker.bootstrap.split(",")) == 3 and s.broker.security_protocol.startswith("SASL")
     assert s.broker.sasl_password  # from the secret
     assert s.topics.replication_factor == 3 and 1 <= s.topics.min_insync_replicas < 3
     assert s.vectors.uri.startswith("http://milvus:")
@@ -115,7 +115,7 @@ def test_k8s_environment_is_the_settings_model(monkeypatch):
         # the bootstrap list names the Kafka StatefulSet's pods on its client port
         kafka = workloads["kafka"]
         pods = {f"kafka-{i}.{kafka['spec']['serviceName']}:9092" for i in range(kafka["spec"]["replicas"])}
-        assert set(s.broker.bootstrap_servers) == pods
+        assert set(s.broker.bootstrap.split(",")) == pods
         milvus_port = by_kind("Service")["milvus"]["spec"]["ports"][0]["port"]
         assert s.vectors.uri == f"http://milvus:{milvus_port}"
         if name == "api":
@@ -160,8 +160,8 @@ def test_compose_environment_is_the_settings_model(monkeypatch):
         assert not unknown, (name, unknown)
         s = settings_from(env, monkeypatch)
         assert_cluster_settings(s)
-        assert s.broker.bootstrap_servers == [f"kafka-{i}:9092" for i in range(3)]
-        assert {server.split(":")[0] for server in s.broker.bootstrap_servers} <= set(services)
+        assert s.broker.bootstrap.split(",") == [f"kafka-{i}:9092" for i in range(3)]
+        assert {server.split(":")[0] for server in s.broker.bootstrap.split(",")} <= set(services)
         assert s.vectors.uri.split("//")[1].split(":")[0] in services
         for dep in svc.get("depends_on", {}):
             assert dep in services, (name, dep)
