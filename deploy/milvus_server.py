@@ -1,6 +1,6 @@
 """A real Milvus server on this machine, reachable on loopback only.
 
-PyPI `milvus==2.3.5` (the `milvus` extra of this project) ships Milvus 2.3.5 standalone with embedded
+PyPI `milvus==2.3.5` (this project's `milvus-server` extra) ships Milvus 2.3.5 standalone with embedded
 etcd and local storage behind a small Python wrapper. The server binds ALL interfaces on a dozen fixed
 ports (19530 gRPC, 9091 health, 2379 etcd, ...), so it is never started in this machine's network:
 
@@ -14,8 +14,9 @@ ports (19530 gRPC, 9091 health, 2379 etcd, ...), so it is never started in this 
    inside the private one. Clients (tests, benchmarks, workers) use `http://127.0.0.1:<that port>`
    as `vectors.uri` like any Milvus server address.
 
-The wrapper ignores SIGTERM for a long time; `stop()` sends it SIGINT (it then stops the server
-binary), and kills the process group only if that did not end it. Data lives under the given
+The wrapper ignores SIGTERM for a long time; `stop()` sends it SIGINT (its handler terminates the
+server binary, killing it after 1 s; the data written so far survived that in the tests), and kills
+the process group only if that did not end it. Data lives under the given
 directory and survives a restart; after a restart collections are released until loaded
 (store/vectors.py loads them). Needs root (or CAP_SYS_ADMIN) for the namespace: `start()` raises
 `MilvusServerError` with the reason when it cannot, and callers (the test fixture) skip on it.
