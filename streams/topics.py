@@ -29,9 +29,15 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     configs = {"min.insync.replicas": str(t.min_insync_replicas)} if t.min_insync_replicas else {}
     return [
         TopicSpec(name, partitions, t.replication_factor, configs)
-        for name, partitions in [(t.items, t.partitions), (t.interactions, t.partitions),
-                                 (t.items_dlq, t.dlq_partitions), (t.interactions_dlq, t.dlq_partitions)]
-    ]  # fmt: skip
+        for name, partitions in [
+            (t.items, t.partitions),
+            (t.interactions, t.partitions),
+            # co-partitioned with `interactions`: partition p of both feeds the state of partition p
+            (t.interactions_repartition_topic, t.partitions),
+            (t.items_dlq, t.dlq_partitions),
+            (t.interactions_dlq, t.dlq_partitions),
+        ]
+    ]
 
 
 def admin_client(broker: str | BrokerSettings, **kwargs) -> KafkaAdminClient:
@@ -61,8 +67,8 @@ def partition_counts(broker: str | BrokerSettings, names: list[str]) -> dict[str
     """Partition count of each named topic, as the broker reports it."""
     admin = admin_client(broker)
     try:
-        # kafka-python 2.x names the topic "topic", 3.x "name"
-        return {d.get("topic") or d["name"]: len(d["partitions"]) for d in admin.describe_topics(names)}
+        # kafka-python < 3 names the topic "topic", 3.x "name"
+        return {d.get("name", d.get("topic")): len(d["partitions"]) for d in admin.describe_topics(names)}
     finally:
         admin.close()
 
