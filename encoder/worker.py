@@ -68,7 +68,9 @@ log = logging.getLogger(__name__)
 WORKER = "encoder"
 CHARS_PER_TOKEN_CAP = 32  # prompts are cut to max_tokens * 32 characters before tokenizing (megabyte texts)
 MAX_DLQ_PAYLOAD = 4 * 1024 * 1024  # larger originals are cut in the dead letter (payload_bytes keeps the size)
-MAX_REASON_CHARS = 500  # an unexpected exception's message is cut to this in a dead letter's reason
+MAX_LETTER_BYTES = 8 * 1024 * 1024  # a dead letter's wire size at most (the producer takes up to 16 MB)
+MAX_REASON_CHARS = 2000  # a dead letter's reason is cut to this (a record can break thousands of rules)
+MAX_ERRORS = 100  # and its list of field errors to this
 # A text every model and tokenizer handles: when records fail one by one, it tells a broken model
 # (the probe fails too: retry the batch) from bad records (the probe passes: dead-letter them).
 PROBE = "Title: Glass beaker, 250 ml Brand: Pyrex Category: Labware"
@@ -189,10 +191,19 @@ def as_record_error(e: Exception, doing: str) -> RecordError:
 
 def letter(raw: bytes | None, e: RecordError, topic: str, partition, offset, key) -> DeadLetter:
     """A dead letter whose payload is cut at MAX_DLQ_PAYLOAD bytes; payload_bytes keeps the real size.
-    A null value is an empty payload of 0 bytes (the reason says it was null)."""
+    A null value is an empty payload of 0 bytes (the reason says it was null). Escapes can make the
+    JSON text of a payload 6x its bytes (\\u0001), and a record can have thousands of field errors:
+    the reason and the error list are cut, then the payload and the key are halved until the letter
+    fits MAX_LETTER_BYTES."""
     raw = raw if isinstance(raw, bytes) else b""
     x = dead_letter(raw[:MAX_DLQ_PAYLOAD], e, topic, partition, offset, key)
-    return x.model_copy(update={"payload_bytes": len(raw)})
+    reason = x.reason if len(x.reason) <= MAX_REASON_CHARS else x.reason[: MAX_REASON_CHARS - 3] + "..."
+    x = x.model_copy(update={"payload_bytes": len(raw), "reason": reason, "errors": x.errors[:MAX_ERRORS]})
+    for name in ("payload", "key"):
+        while getattr(x, name) and len(encode(x)) > MAX_LETTER_BYTES:
+            value = getattr(x, name)
+            x = x.model_copy(update={name: value[: len(value) // 2]})
+    return x
 
 
 def batch_or_each(fn: Callable[[list], Sequence], xs: list, doing: str,
@@ -421,19 +432,24 @@ async def send_dead_letters(letters: list[DeadLetter]) -> None:
     then stop the worker (a record that cannot be dead-lettered must not be acknowledged)."""
     if not letters:
         return
-    deadline = time.monotonic() + settings.worker.dead_letter_timeout_s
+    timeout = settings.worker.dead_letter_timeout_s
+    deadline = time.monotonic() + timeout
     delay = 0.5
     while True:
-        try:
-            await asyncio.wait_for(_send_all(letters), timeout=max(0.1, deadline - time.monotonic()))
+        # Waited on with a deadline, never cancelled: a send that is still pending at the deadline (the
+        # producer waits for metadata of a topic the broker lacks) ends with the process in stop_loudly.
+        send = asyncio.ensure_future(_send_all(letters))
+        done, _ = await asyncio.wait({send}, timeout=max(0.0, deadline - time.monotonic()))
+        error = send.exception() if done else TimeoutError(f"no ack within {timeout}s")
+        if error is None:
             break
-        except Exception as e:  # noqa: BLE001 - a timeout or the producer's error, retried until the deadline
-            if time.monotonic() + delay >= deadline:
-                stop_loudly(f"{len(letters)} dead letters could not be sent to {settings.topics.items_dlq} "
-                            f"within {settings.worker.dead_letter_timeout_s}s ({type(e).__name__}: {e})")  # fmt: skip
-            log.warning("sending %d dead letters failed (%s): retrying in %.1fs", len(letters), e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        if not done or time.monotonic() + delay >= deadline:
+            stop_loudly(f"{len(letters)} dead letters could not be sent to {settings.topics.items_dlq!r} within "
+                        f"{timeout}s (worker.dead_letter_timeout_s): {type(error).__name__}: {error}")  # fmt: skip
+        log.warning("sending %d dead letters failed (%s: %s): retrying in %.1fs", len(letters),
+                    type(error).__name__, error, delay)  # fmt: skip
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
     DEAD_LETTERS.labels(WORKER).inc(len(letters))
 
 
