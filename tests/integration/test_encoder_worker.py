@@ -11,10 +11,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from kafka.admin import KafkaAdminClient
 
 from deploy.broker import free_port
 from deploy.stack import Stack
-from encoder.worker import EXIT_STOPPED
+from encoder.worker import EXIT_STOPPED, WORKER
 from store.registry import ModelRegistry
 from store.titles import TitleReader
 from store.vectors import CONTENT, VectorStore, items_collection
@@ -210,6 +211,23 @@ def titles(settings, ids) -> dict:
         reader.close()
 
 
+def committed(settings) -> int:
+    """How many `items` records the encoder's consumer group has committed, over all partitions."""
+    group = f"{settings.worker.app_prefix}-{WORKER}"
+    admin = KafkaAdminClient(bootstrap_servers=settings.broker.bootstrap)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return sum(o.offset for tp, o in offsets.items() if tp.topic == settings.topics.items and o.offset > 0)
+
+
+def all_dead_letters(settings) -> list[dict]:
+    """Every record on items.dlq so far (read until 5 s pass without a new one)."""
+    got = read_topic(settings.broker.bootstrap, settings.topics.items_dlq, 1_000_000, timeout_s=5)
+    return [json.loads(m.value) for m in got]
+
+
 def test_null_values_delete_keyed_items_and_dead_letter_keyless_ones_without_losing_the_batch(settings, tmp_path):
     """Issue 14's reproduction: 10 valid items with one null value among them were all lost."""
     version, _ = publish_tower(settings)
@@ -223,6 +241,7 @@ def test_null_values_delete_keyed_items_and_dead_letter_keyless_ones_without_los
                 p.produce(settings.topics.items, value=None)  # a tombstone without a key
         assert p.flush(30) == 0
         wait_for(lambda: count(settings) == 10, timeout_s=90)
+        wait_for(lambda: committed(settings) == 11, timeout_s=30)  # acknowledged, the null value included
         (x,) = dead_letters(settings.broker.bootstrap, settings.topics.items_dlq, 1)
         assert "null value" in x["reason"] and "without a key" in x["reason"] and x["payload_bytes"] == 0
         assert count(settings, items_collection(version)) == 10
@@ -261,9 +280,9 @@ def test_a_record_that_cannot_be_dead_lettered_stops_the_worker_unacknowledged(s
 
     with Stack(settings, tmp_path / "run") as stack:  # same consumer group, a working DLQ
         stack.start_worker("encoder", free_port())
-        (x,) = dead_letters(settings.broker.bootstrap, settings.topics.items_dlq, 1)
+        wait_for(lambda: count(settings) == 5, timeout_s=120)
+        (x,) = wait_for(lambda: all_dead_letters(settings), timeout_s=120)
         assert "malformed JSON" in x["reason"] and x["key"] == "bad"
-        wait_for(lambda: count(settings) == 5, timeout_s=90)
 
 
 NESTED = b'{"item_id": "deep", "title": "t", "event_time": 1700000000, "attributes": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
@@ -348,13 +367,12 @@ def test_a_foreign_client_with_tombstones_and_every_bad_record_class_across_sigk
         assert all(v is None for v in titles(settings, deleted).values())
         assert titles(settings, ["item-2"])["item-2"] == "Lab beaker 2 ml"
 
-        def letters():
-            got = read_topic(settings.broker.bootstrap, settings.topics.items_dlq, 10_000, timeout_s=5)
-            return [json.loads(m.value) for m in got]
+        def places() -> set:
+            return {(x["partition"], x["offset"]) for x in all_dead_letters(settings)}
 
-        wait_for(lambda: set(bad_at) <= {(x["partition"], x["offset"]) for x in letters()}, timeout_s=60)
+        wait_for(lambda: set(bad_at) <= places(), timeout_s=60)
         by_place = {}
-        for x in letters():  # a kill can repeat a dead letter: each place must give the same reason
+        for x in all_dead_letters(settings):  # a kill can repeat a dead letter: each place must give the same reason
             by_place.setdefault((x["partition"], x["offset"]), set()).add(x["reason"])
         (notice,) = [r for r in by_place.values() if any(x.startswith("truncated") for x in r)]
         assert set(by_place) == set(bad_at) | {next(k for k, r in by_place.items() if r is notice)}
