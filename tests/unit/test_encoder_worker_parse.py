@@ -49,7 +49,7 @@ def test_a_null_value_without_a_key_is_dead_lettered_and_the_rest_of_the_batch_i
     assert len(batch.upserts) == 10 and not batch.deletes
     (x,) = batch.rejected
     assert "null value" in x.reason and "without a key" in x.reason
-    assert (x.offset, x.partition, x.payload, x.payload_bytes, x.key) == (99, 2, "", 0, None)
+    assert (x.offset, x.partition, x.payload, x.payload_bytes, x.key, x.null_value) == (99, 2, "", 0, None, True)
 
 
 @pytest.mark.parametrize("key, needle", [
@@ -108,7 +108,7 @@ def test_batch_or_each_refuses_only_the_inputs_that_fail_alone():
 
     done, failed = batch_or_each(fn, ["a", "bad", "c"], "encoding")
     assert done == {0: "A", 2: "C"}
-    assert list(failed) == [1] and failed[1].startswith("encoding failed: ValueError: cannot read bad")
+    assert list(failed) == [1] and failed[1].startswith("encoding: unexpected ValueError") and "cannot read bad" in failed[1]
 
 
 def test_batch_or_each_raises_when_the_probe_fails_too():
@@ -148,4 +148,5 @@ def test_every_dead_letter_fits_what_the_producer_can_send(raw):
     """A letter over the producer's limit could never be sent, and a record that cannot be dead-lettered
     stops the worker: every letter is cut to MAX_LETTER_BYTES, keeping the record's real size."""
     (x,) = parse_batch([event(raw, b"k" * 100, 5)], SETTINGS).rejected
-    assert len(encode(x)) <= MAX_LETTER_BYTES and x.payload_bytes == len(raw) and x.payload and x.reason
+    assert len(encode(x)) + len(x.key) <= MAX_LETTER_BYTES and x.payload_bytes == len(raw) and x.payload
+    assert x.reason and x.payload_truncated
