@@ -77,9 +77,6 @@ class WorkerSettings(BaseModel):
     # Consumer groups are "<app_prefix>-<worker>": two deployments (or two tests) on one broker must
     # use different prefixes, or their workers would share partitions.
     app_prefix: str = "learn"
-    # How long a worker keeps trying to send a dead letter (with backoff) before it stops with a
-    # non-zero exit, leaving the record unacknowledged (it is re-read after the restart).
-    dead_letter_timeout_s: float = 60.0
     # How long the group coordinator waits for members to rejoin a rebalance. Short, so a killed
     # worker's partitions move on quickly (our batches take milliseconds).
     rebalance_timeout_ms: int = 10_000
