@@ -34,37 +34,60 @@ Port = typer.Option(None, help="Broker port on 127.0.0.1 (default: settings.brok
 
 @app.command()
 def up(data_dir: Optional[Path] = DataDir, port: Optional[int] = Port) -> None:
-    """Start the embedded stack in the background (broker, topics, workers); `learn down` stops it."""
-    from deploy.broker import free_port
-    from deploy.stack import Stack
+    """Start the whole stack in the background under supervisord (S3 server + broker, topics, encoder
+    worker, interaction worker, trainer, API), each restarted if it dies; a second `up` starts nothing twice."""
+    from deploy.broker import BrokerError
+    from deploy.supervisor import SupervisorError, health
+    from deploy.supervisor import up as stack_up
 
     s = _settings(data_dir, port)
-    stack = Stack(s, s.data_dir / "run")
-    stack.start_broker()
-    created = stack.create_topics()
-    stack.start_worker("interactions", free_port(s.worker.web_host))
-    console.print(f"broker on {s.broker.bootstrap}; topics created: {', '.join(created) or 'none (existed)'}")
-    for name, proc in stack.procs.items():
-        console.print(f"  {name}: pid {proc.pid}, log {stack.log_path(name)}")
-    stack.procs.clear()  # leave them running: pid files under <data_dir>/run
+    run_dir = s.data_dir / "run"
+    try:
+        r = stack_up(s, run_dir)
+    except (BrokerError, SupervisorError) as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1)
+    sup = "started" if r.supervisord_started else "already running"
+    console.print(f"supervisord (pid {r.supervisord_pid}) {sup}; broker {s.broker.bootstrap}; "
+                  f"topics created: {', '.join(r.topics_created) or 'none (existed)'}")  # fmt: skip
+    console.print(f"started: {', '.join(r.started) or 'nothing'}; already running: {', '.join(r.already_running) or 'nothing'}")
+    _print_health(health(run_dir), run_dir)
 
 
 @app.command()
 def down(data_dir: Optional[Path] = DataDir) -> None:
-    """Stop what `learn up` started."""
-    from deploy.stack import stop_pidfiles
+    """Stop everything `learn up` started (workers first, the broker and its S3 server last)."""
+    from deploy.supervisor import down as stack_down
 
     s = _settings(data_dir)
-    stopped = stop_pidfiles(s.data_dir / "run")
-    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    stopped = stack_down(s.data_dir / "run")
+    console.print(f"stopped: {', '.join(f'{n} (pid {p})' for n, p in stopped) or 'nothing was running'}")
+
+
+def _print_health(rows, run_dir: Path) -> None:
+    from rich.table import Table
+
+    if not rows:
+        console.print(f"no stack running (no supervisord answers in {run_dir})")
+        return
+    table = Table("process", "state", "pid", "restarts", "up for", "log")
+    for h in rows:
+        table.add_row(h.name, h.state, str(h.pid or "-"), str(h.restarts),
+                      "-" if h.uptime_s is None else f"{h.uptime_s:.0f} s", str(run_dir / f"{h.name}.log"))  # fmt: skip
+    console.print(table)
 
 
 @app.command()
 def status(data_dir: Optional[Path] = DataDir) -> None:
-    """What the state store holds: users, counters, consumed offsets."""
+    """Each process of `learn up` (state, pid, restarts), then what the state store holds."""
+    from deploy.supervisor import health
     from store.state import StateReader
 
     s = _settings(data_dir)
+    _print_health(health(s.data_dir / "run"), s.data_dir / "run")
+    if not s.state_path.is_dir():
+        console.print(f"state store: none yet at {s.state_path}")
+        return
     reader = StateReader(s.state_path, s.topics.interactions)
     console.print(f"users: {sum(1 for _ in reader.users())}")
     console.print(f"counters: {dict(reader.counters())}")
