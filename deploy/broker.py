@@ -2,8 +2,8 @@
 
 It always listens on loopback. `broker.storage` picks where it keeps topics and consumer-group offsets:
 
-- "s3" (default): Tansu's S3 engine pointed at a local S3-compatible server (`broker.s3_server`: nanio,
-  or localbucket through `deploy/s3_server.py`) that stores plain files under `<data_dir>/broker/<bucket>/`.
+- "s3" (default): Tansu's S3 engine pointed at a local S3-compatible server (`broker.s3_server`: nanio
+  or localbucket, both run through `deploy/s3_server.py`) that stores plain files under `<data_dir>/broker/<bucket>/`.
   Records and committed offsets survive SIGTERM and SIGKILL of Tansu and of the S3 server.
 - "memory": Tansu's in-memory engine; a restart empties every topic and forgets every offset.
 
@@ -129,9 +129,9 @@ def s3_program(settings: Settings) -> Program:
     """The local S3 server, on loopback, serving `broker_dir` (one folder per bucket)."""
     b, root = settings.broker, str(broker_dir(settings))
     if b.s3_server == "localbucket":
-        cmd = [sys.executable, "-m", "deploy.s3_server", "--host", b.host, "--port", str(b.s3_port), root]
+        cmd = [sys.executable, "-m", "deploy.s3_server", "localbucket", "--host", b.host, "--port", str(b.s3_port), root]
         return Program("s3", cmd, {}, b.host, b.s3_port)
-    cmd = [sys.executable, "-m", "nanio", "serve", "--data-dir", root, "--host", b.host, "--port", str(b.s3_port),
+    cmd = [sys.executable, "-m", "deploy.s3_server", "nanio", "serve", "--data-dir", root, "--host", b.host, "--port", str(b.s3_port),
            "--workers", "1", "--no-access-log", "--log-level", "warning"]  # fmt: skip
     return Program("s3", cmd, {"NANIO_ACCESS_KEY": S3_KEY, "NANIO_SECRET_KEY": S3_SECRET}, b.host, b.s3_port)
 

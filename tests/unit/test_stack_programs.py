@@ -60,3 +60,18 @@ def test_spawn_counts_start_over_with_each_supervisord():
     ])  # fmt: skip
     assert spawn_counts(log) == {"broker": 1, "api": 2}
     assert spawn_counts("") == {}
+
+
+def test_nanio_does_not_list_objects_still_being_written(tmp_path):
+    """Tansu parses every listed name under records/ as an offset: an in-flight `.tmp.<uuid>` breaks a fetch."""
+    from nanio.storage import filesystem
+
+    from deploy.s3_server import patch_nanio
+
+    records = tmp_path / "tansu" / "topics" / "t" / "records"
+    records.mkdir(parents=True)
+    (records / "00000000000000000000.batch").write_bytes(b"x")
+    (records / ".tmp.0123456789abcdef").write_bytes(b"half written")
+    patch_nanio()
+    keys = list(filesystem._walk_keys(tmp_path / "tansu", "topics/t/records/", None, []))
+    assert keys == ["topics/t/records/00000000000000000000.batch"]
