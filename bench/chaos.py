@@ -234,8 +234,8 @@ class Chaos:
         if name in OUTAGE:
             self.outages.append((t0, t1 + 5.0))  # clients reconnect a little after the port is back
 
-    def run_kills(self, rounds: int, duration_s: float, rng: random.Random) -> None:
-        names = [n for n in START_ORDER if n in self.pids()]
+    def run_kills(self, rounds: int, duration_s: float, rng: random.Random, spare: tuple[str, ...] = ()) -> None:
+        names = [n for n in START_ORDER if n in self.pids() and n not in spare]
         gap = duration_s / max(1, rounds * len(names))
         for _ in range(rounds):
             for name in rng.sample(names, len(names)):
@@ -408,7 +408,8 @@ def run(args) -> dict:
         producers = Producers(s)
         users = sorted(set(plan.interactions.values()))
         threads = [
-            threading.Thread(target=chaos.run_kills, args=(args.kills, args.duration, random.Random(args.seed + 1))),
+            threading.Thread(target=chaos.run_kills, args=(args.kills, args.duration, random.Random(args.seed + 1),
+                                                          tuple(getattr(args, "spare", ()) or ()))),
             threading.Thread(target=api_client, args=(chaos, f"http://{s.serving.host}:{s.serving.port}", users,
                                                       sorted(plan.items), api, random.Random(args.seed + 2))),
         ]  # fmt: skip
@@ -475,6 +476,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=240.0, help="seconds over which records and kills are spread")
     ap.add_argument("--encoder", default="minilm")
     ap.add_argument("--seed", type=int, default=14)
+    ap.add_argument("--spare", nargs="*", default=[], choices=START_ORDER, help="programs never killed")
     ap.add_argument("--keep", action="store_true", help="keep the data dir (logs) under /tmp")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
