@@ -32,12 +32,20 @@ class BrokerSettings(BaseModel):
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1500
     # Where the embedded Tansu keeps topics and consumer-group offsets. "s3": durable, in a local
-    # S3-compatible server (localbucket) that stores plain files under <data_dir>/broker/; records and
-    # committed offsets survive restarts and kill -9 of Tansu and of that server. "memory": Tansu's
-    # in-memory engine (a restart empties every topic and forgets every offset).
+    # S3-compatible server that stores plain files under <data_dir>/broker/; records and committed
+    # offsets survive restarts and kill -9 of Tansu and of that server. "memory": Tansu's in-memory
+    # engine (a restart empties every topic and forgets every offset).
     storage: Literal["s3", "memory"] = "s3"
+    # The local S3 server: "nanio" (fsyncs; keeps up with one-record batches, bench/results/broker.json)
+    # or "localbucket" (stdlib only, no fsync; falls behind at ~50 one-record batches/s here).
+    s3_server: Literal["nanio", "localbucket"] = "nanio"
     s3_port: int = 19094  # the local S3 server's port on 127.0.0.1 (storage "s3" only)
     s3_bucket: str = "tansu"
+    # Tansu answers a fetch with nothing when its storage reads outlast the fetch's max wait; on the S3
+    # engine each fetch lists and reads objects over HTTP (tens of ms, more on a loaded machine), so a
+    # 10 ms wait never returns data (measured: 90 of 1,500 events reached the state). The embedded
+    # stack raises the workers' fetch wait (worker.fetch_max_wait_ms) to at least this on "s3".
+    s3_fetch_wait_ms: int = 500
     # An external Kafka (Apache Kafka, Redpanda, a shared Tansu): "host1:9092,host2:9092". Set, nothing
     # is started: `host`/`port`/`storage` are ignored and every client connects here.
     bootstrap_servers: str = ""
@@ -120,9 +128,6 @@ class WorkerSettings(BaseModel):
     # Consumer groups are "<app_prefix>-<worker>": two deployments (or two tests) on one broker must
     # use different prefixes, or their workers would share partitions.
     app_prefix: str = "learn"
-    # How long a worker keeps trying to send a dead letter (with backoff) before it stops with a
-    # non-zero exit, leaving the record unacknowledged (it is re-read after the restart).
-    dead_letter_timeout_s: float = 60.0
     # How long the group coordinator waits for members to rejoin a rebalance. Short, so a killed
     # worker's partitions move on quickly (our batches take milliseconds).
     rebalance_timeout_ms: int = 10_000

@@ -450,12 +450,15 @@ def _quiet_mvcc(record: logging.LogRecord) -> bool:
 logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_quiet_mvcc)
 
 
-# The one place where ids become expression text. milvus-lite 3.x ignores parameterised filters
-# (`filter_params`: "unexpected character '{'") and so do Milvus servers before 2.5, so ids are written
-# as string literals in the subset of escapes that both grammars read back exactly: milvus-lite's
-# tokenizer knows only \\ \" \' \n \r \t (a JSON-style \u0000 is a parse error there); Milvus' ANTLR
-# grammar takes those and any other character raw. An id that is not valid UTF-8 (a lone surrogate)
-# or longer than a primary key can be cannot be stored, so it never reaches an expression at all.
+# The one place where ids become expression text. Parameterised filters (`filter_params`) are not
+# understood by milvus-lite 3.2 ("unexpected character '{'") nor by a Milvus 2.3.5 server ("cannot parse
+# expression"), both checked here, so ids are written as string literals in the subset of escapes that
+# both grammars read back exactly: milvus-lite's tokenizer knows only \\ \" \' \n \r \t (a JSON-style
+# \u0000 is a parse error there); Milvus' ANTLR grammar takes those and any other character raw. Every
+# id class of tests/unit/test_vector_filters.py (NUL and control characters included) was also read
+# back exactly, got, scanned and deleted on that Milvus 2.3.5 server (the `milvus` embedded-server
+# wheel, inside `unshare -n`). An id that is not valid UTF-8 (a lone surrogate) or longer than a
+# primary key can be cannot be stored, so it never reaches an expression at all.
 _ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 

@@ -14,6 +14,7 @@ from deploy.broker import free_port
 from deploy.supervisor import START_ORDER, health, stack_programs, stack_settings
 from deploy.supervisor import down as stack_down
 from deploy.supervisor import up as stack_up
+from streams.topics import topic_specs
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -75,8 +76,7 @@ def test_up_is_idempotent_restarts_killed_processes_and_down_stops_everything(se
     try:
         first = stack_up(s, run_dir)
         assert first.supervisord_started and first.started == list(START_ORDER)
-        assert set(first.topics_created) == {s.topics.items, s.topics.interactions, s.topics.items_dlq,
-                                             s.topics.interactions_dlq}  # fmt: skip
+        assert set(first.topics_created) == {spec.name for spec in topic_specs(s)}
         pids = running_pids(run_dir)
         assert set(pids) == set(START_ORDER)
         seen_pids |= set(pids.values()) | {first.supervisord_pid}
