@@ -103,7 +103,8 @@ def test_up_is_idempotent_restarts_killed_processes_and_down_stops_everything(se
         assert out.returncode == 0, out.stderr
         for name in START_ORDER:
             assert name in out.stdout
-        assert "RUNNING" in out.stdout and "users: 0" in out.stdout
+        assert "RUNNING" in out.stdout
+        assert "users: 0" in out.stdout or "state store: none yet" in out.stdout  # no event was sent
     finally:
         stopped = stack_down(run_dir)
     assert {name for name, _ in stopped} == set(START_ORDER)
