@@ -103,6 +103,7 @@ def test_the_memory_engine_forgets_everything_on_a_restart(settings, tmp_path):
         commit(s.broker.bootstrap, topic, {0: 1})
         stack.kill("broker", signal.SIGTERM)
         stack.start_broker()
-        assert stack.create_topics() == [s.topics.items, topic, s.topics.items_dlq, s.topics.interactions_dlq]
+        assert stack.create_topics() == [s.topics.items, topic, s.topics.interactions_repartition_topic,
+                                         s.topics.items_dlq, s.topics.interactions_dlq]  # fmt: skip
         assert read_all(s.broker.bootstrap, topic, parts, 1, timeout_s=3) == []
         assert committed(s.broker.bootstrap, topic, parts)[0] is None
