@@ -244,10 +244,6 @@ def json_fields(x: dict, drop: tuple[str, ...] | list[str] = ()) -> dict[str, st
             "description": _text(x.get("description"))}  # fmt: skip
 
 
-def lcrec_fields(x: dict, drop: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
-    return json_fields(x, drop)
-
-
 def catalog_item(item_id: str, f: dict[str, str]) -> CatalogItem:
     cats = f["categories"].split(", ") if f["categories"] else []
     return CatalogItem(item_id, f["title"], f["brand"], cats, f["description"])

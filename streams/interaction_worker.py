@@ -323,13 +323,13 @@ def make_clients(settings: Settings, group_id: str) -> tuple[AIOKafkaConsumer, A
         rebalance_timeout_ms=w.rebalance_timeout_ms,
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
-        # Short broker-side wait: an idle fetch returns quickly (worker.fetch_max_wait_ms says why 100 ms).
+        # Short broker-side wait: an idle fetch returns quickly (the stack raises it on the s3 engine).
         fetch_max_wait_ms=w.fetch_max_wait_ms,
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=b.bootstrap,
         acks="all",
-        request_timeout_ms=int(w.dead_letter_timeout_s * 1000),  # the producer retries meanwhile
+        request_timeout_ms=w.send_timeout_ms,  # the producer retries meanwhile
         max_request_size=2 * 1024 * 1024,  # a forward is one compact record, a letter's payload is cut
         linger_ms=0,
     )

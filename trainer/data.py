@@ -16,7 +16,6 @@ Histories are capped to the most recent `history_cap` (50) items, like the UniSR
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +26,6 @@ from streams.datasets import (
     DatasetError,
     DatasetSource,
     RawDataset,
-    json_fields,
     locate,
     read_atomic,
     read_source,

@@ -116,7 +116,7 @@ def test_a_record_that_cannot_be_dead_lettered_stops_the_worker_and_is_not_skipp
     good = settings
     bad = settings.model_copy(update={
         "topics": settings.topics.model_copy(update={"interactions_dlq": "not a valid topic!"}),
-        "worker": settings.worker.model_copy(update={"dead_letter_timeout_s": 3.0}),
+        "worker": settings.worker.model_copy(update={"send_timeout_ms": 3000}),
     })  # fmt: skip
     ensure_topics(good.broker.bootstrap, topic_specs(good))
     t = good.topics.interactions

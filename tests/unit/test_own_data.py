@@ -79,3 +79,10 @@ def test_a_failed_run_leaves_no_run_folder(datasets, tmp_path):
     with pytest.raises(Exception):
         run_train(s, str(datasets["plain"]), tmp_path / "run", model="zero-training", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_learn_demo_refuses_a_wrong_folder_before_starting_anything(tmp_path):
+    (tmp_path / "notes.txt").write_text("no data here")
+    res = CliRunner().invoke(app, ["demo", "--data", str(tmp_path), "--run-dir", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "no dataset found in" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "run").exists()
