@@ -213,26 +213,17 @@ def bench_bfloat16(settings: Settings, prompts: list[str], tokens: int, unique_l
 
 
 # ---- 2 and 3. the worker end to end --------------------------------------------------------------
-class Projection(torch.nn.Module):
-    def __init__(self, d_in: int, d_out: int = 64):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.randn(d_in, d_out, generator=torch.Generator().manual_seed(0)) / d_in**0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.w  # (N, d_in) -> (N, d_out)
-
-
 def publish_random_tower(settings: Settings, d_in: int) -> str:
-    reg = ModelRegistry(settings.registry_path)
-    name = reg.next_name()
-    path = reg.stage(name)
-    torch.jit.script(Projection(d_in)).save(str(path / "item_tower.pt"))
-    (path / "weights.safetensors").write_bytes(b"")
-    (path / "config.json").write_text(json.dumps({"bench": "random projection item tower"}))
-    reg.commit_version(name)
-    reg.mark_published(name)  # an empty collection is complete: the worker fills it as items arrive
-    reg.promote(name)
-    return reg.get(name).collection
+    """An untrained model (item tower (c): one projection d_in -> 64) over an empty catalogue, published
+    and promoted by trainer/publish.py; the worker fills its collection as items arrive."""
+    from trainer.publish import Publisher
+    from trainer.towers import LEARN, TowerConfig
+
+    torch.manual_seed(0)
+    model = LEARN(TowerConfig.from_settings(settings.model.model_copy(update={"item_tower": "c"}), 0, d_in)).eval()
+    with VectorStore(settings.vector_uri) as store:
+        version = Publisher(ModelRegistry(settings.registry_path), store).publish(model, [], np.zeros((0, d_in)))
+    return version.collection
 
 
 def written(port: int) -> int:

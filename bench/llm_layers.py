@@ -86,7 +86,7 @@ def main() -> dict:
     torch.set_num_threads(1)
     for layer in args.train:
         layer = layer % (n + 1)
-        out = train_model(data, content_features(layers[layer], ms.whiten, ms.whiten_dim), ms, progress=True)
+        out = train_model(data, layers[layer], ms, progress=True)
         trained.append({"layer": layer, "valid": out.valid_metrics, "test": out.test_metrics,
                         "best_epoch": out.best_epoch, "seconds": out.seconds})  # fmt: skip
         print(f"LEARN-(a) on layer {layer}: valid NDCG@10 {out.valid_metrics['ndcg@10']:.4f}, "

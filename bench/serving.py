@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/serving.py [--sizes 4.4k,100k] [--out bench/results/serving.json]
 
-For each catalogue size a deployment is seeded (serving/seed.py: content + titles in the vector store,
+For each catalogue size a deployment is seeded (bench/seed.py: content + titles in the vector store,
 users' sequences in the state store, an untrained model version published the trainer's way):
   4.4k  the real Amazon Scientific catalogue (UniSRec, 4,385 items) with its 8,442 users' sequences;
         content = the frozen LLM's embeddings from the embedding cache when it holds them all, else
@@ -41,15 +41,16 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.seed import publish_version, random_unit, write_catalogue, write_sequences  # noqa: E402
 from config import Settings, load_settings  # noqa: E402
 from deploy.broker import free_port  # noqa: E402
 from deploy.stack import settings_env  # noqa: E402
 from serving.api import command  # noqa: E402
 from serving.index import load_index  # noqa: E402
 from serving.recommend import user_vectors  # noqa: E402
-from serving.seed import publish_version, random_unit, write_catalogue, write_sequences  # noqa: E402
 from store.registry import ModelRegistry  # noqa: E402
 from store.vectors import CONTENT, VectorStore  # noqa: E402
+from trainer.checkpoint import load_checkpoint  # noqa: E402
 
 
 def pct(xs, q) -> float:
@@ -204,7 +205,7 @@ def measure_search(s: Settings, store: VectorStore, sequences: dict, content: np
     """The search alone for one query: the in-memory index vs one store call (bench process, 1 thread)."""
     torch.set_num_threads(1)
     version = ModelRegistry(s.registry_path).current()
-    tower = torch.jit.load(str(version.user_tower_path)).eval()
+    tower = load_checkpoint(version.path)[0]  # the served model: its encode_users is the user tower
     row = {i: r for r, i in enumerate(ids)}
     users = random.Random(2).sample(sorted(sequences), 200)
     queries = [user_vectors(tower, [content[[row[i] for i in sequences[u][-50:]]]]) for u in users]

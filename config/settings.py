@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -32,12 +32,20 @@ class BrokerSettings(BaseModel):
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1500
     # Where the embedded Tansu keeps topics and consumer-group offsets. "s3": durable, in a local
-    # S3-compatible server (localbucket) that stores plain files under <data_dir>/broker/; records and
-    # committed offsets survive restarts and kill -9 of Tansu and of that server. "memory": Tansu's
-    # in-memory engine (a restart empties every topic and forgets every offset).
+    # S3-compatible server that stores plain files under <data_dir>/broker/; records and committed
+    # offsets survive restarts and kill -9 of Tansu and of that server. "memory": Tansu's in-memory
+    # engine (a restart empties every topic and forgets every offset).
     storage: Literal["s3", "memory"] = "s3"
+    # The local S3 server: "nanio" (fsyncs; keeps up with one-record batches, bench/results/broker.json)
+    # or "localbucket" (stdlib only, no fsync; falls behind at ~50 one-record batches/s here).
+    s3_server: Literal["nanio", "localbucket"] = "nanio"
     s3_port: int = 19094  # the local S3 server's port on 127.0.0.1 (storage "s3" only)
     s3_bucket: str = "tansu"
+    # Tansu answers a fetch with nothing when its storage reads outlast the fetch's max wait; on the S3
+    # engine each fetch lists and reads objects over HTTP (tens of ms, more on a loaded machine), so a
+    # 10 ms wait never returns data (measured: 90 of 1,500 events reached the state). The embedded
+    # stack raises the workers' fetch wait (worker.fetch_max_wait_ms) to at least this on "s3".
+    s3_fetch_wait_ms: int = 500
     # An external Kafka (Apache Kafka, Redpanda, a shared Tansu): "host1:9092,host2:9092". Set, nothing
     # is started: `host`/`port`/`storage` are ignored and every client connects here.
     bootstrap_servers: str = ""
@@ -49,6 +57,37 @@ class BrokerSettings(BaseModel):
     @property
     def bootstrap(self) -> str:
         return self.bootstrap_servers or f"{self.host}:{self.port}"
+
+    # ---- a real cluster (deploy/compose.yaml, deploy/k8s/). streams/kafka_options.py turns these into
+    # each client library's options; the defaults are the embedded broker's (plaintext).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    # Plain str, not SecretStr: the stack hands settings to its processes as JSON (deploy/stack.py),
+    # which would mask a SecretStr. In Kubernetes it comes from a Secret (deploy/k8s/config.yaml).
+    sasl_password: str = ""
+    ssl_cafile: str = ""  # CA bundle that signed the brokers' certificates (empty: the system's)
+    ssl_certfile: str = ""  # client certificate and its key, for brokers that require mutual TLS
+    ssl_keyfile: str = ""
+    ssl_check_hostname: bool = True
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, v: str) -> str:
+        servers = [x.strip() for x in v.split(",") if x.strip()]
+        for server in servers:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"bootstrap server {server!r} is not host:port")
+        return ",".join(servers)
+
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> "BrokerSettings":
+        if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_username and sasl_password")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (a client certificate and its key)")
+        return self
 
 
 class TopicSettings(BaseModel):
@@ -68,6 +107,18 @@ class TopicSettings(BaseModel):
     def interactions_repartition_topic(self) -> str:
         return self.interactions_repartition or f"{self.interactions}.repartition"
 
+    # ---- a real cluster: copies of each partition, and how many must acknowledge a write (acks=all).
+    # The embedded broker has one node: 1 and 0 (0: leave min.insync.replicas to the broker's default).
+    replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> "TopicSettings":
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas {self.min_insync_replicas} > replication_factor "
+                             f"{self.replication_factor}: no write could ever be acknowledged")  # fmt: skip
+        return self
+
 
 class WorkerSettings(BaseModel):
     """Faust worker processes. Each process gets its own web port (metrics, counts) on loopback."""
@@ -77,9 +128,6 @@ class WorkerSettings(BaseModel):
     # Consumer groups are "<app_prefix>-<worker>": two deployments (or two tests) on one broker must
     # use different prefixes, or their workers would share partitions.
     app_prefix: str = "learn"
-    # How long a worker keeps trying to send a dead letter (with backoff) before it stops with a
-    # non-zero exit, leaving the record unacknowledged (it is re-read after the restart).
-    dead_letter_timeout_s: float = 60.0
     # How long the group coordinator waits for members to rejoin a rebalance. Short, so a killed
     # worker's partitions move on quickly (our batches take milliseconds).
     rebalance_timeout_ms: int = 10_000
@@ -144,14 +192,15 @@ class VectorSettings(BaseModel):
 
 
 class ModelSettings(BaseModel):
-    """The twin towers (trainer/towers.py) and their training."""
+    """The twin towers (trainer/towers.py) and their training. `TowerConfig.from_settings` reads the
+    model's fields from here (its defaults equal these: tests/unit/test_towers.py)."""
 
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 2
     d_out: int = 64
     dropout: float = 0.2
-    item_tower: Literal["a", "b", "c"] = "a"
+    item_tower: Literal["a", "b", "c"] = "a"  # trainer/towers.py ITEM_TOWERS
     use_id_embedding: bool = False
     # full_softmax: best on validation NDCG@10 (trainer/offline.py's docstring has the numbers)
     loss: Literal["dense_all_action", "dense_full", "in_batch", "full_softmax"] = "full_softmax"

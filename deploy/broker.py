@@ -2,9 +2,9 @@
 
 It always listens on loopback. `broker.storage` picks where it keeps topics and consumer-group offsets:
 
-- "s3" (default): Tansu's S3 engine pointed at a local S3-compatible server (`deploy/s3_server.py`,
-  localbucket) that stores plain files under `<data_dir>/broker/<bucket>/`. Records and committed
-  offsets survive SIGTERM and SIGKILL of Tansu and of the S3 server.
+- "s3" (default): Tansu's S3 engine pointed at a local S3-compatible server (`broker.s3_server`: nanio
+  or localbucket, both run through `deploy/s3_server.py`) that stores plain files under `<data_dir>/broker/<bucket>/`.
+  Records and committed offsets survive SIGTERM and SIGKILL of Tansu and of the S3 server.
 - "memory": Tansu's in-memory engine; a restart empties every topic and forgets every offset.
 
 With `broker.bootstrap_servers` set (Apache Kafka or any external broker) nothing is started here.
@@ -26,8 +26,10 @@ from pathlib import Path
 from config import Settings
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-# Tansu's S3 client (object_store) needs credentials and a region even though localbucket checks none.
-DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "learn", "AWS_SECRET_ACCESS_KEY": "learn", "AWS_DEFAULT_REGION": "us-east-1"}
+# Tansu's S3 client signs every request; nanio checks the signature against these (localbucket checks none).
+# They guard nothing (the server listens on loopback only) and are not secrets.
+S3_KEY, S3_SECRET = "learn", "learn-local-only"
+DUMMY_AWS = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 class BrokerError(RuntimeError):
@@ -101,6 +103,15 @@ def s3_env(settings: Settings) -> dict[str, str]:
             "AWS_ALLOW_HTTP": "true", **DUMMY_AWS}  # fmt: skip
 
 
+def for_storage(settings: Settings) -> Settings:
+    """The settings the stack's processes get: on the embedded S3 engine, a fetch wait of at least
+    `broker.s3_fetch_wait_ms` (see its comment in config/settings.py); unchanged otherwise."""
+    b, w = settings.broker, settings.worker
+    if b.external or b.storage != "s3" or w.fetch_max_wait_ms >= b.s3_fetch_wait_ms:
+        return settings
+    return settings.model_copy(update={"worker": w.model_copy(update={"fetch_max_wait_ms": b.s3_fetch_wait_ms})})
+
+
 def broker_programs(settings: Settings) -> list[Program]:
     """The processes that make the embedded broker, in start order (none for an external broker)."""
     b = settings.broker
@@ -111,13 +122,22 @@ def broker_programs(settings: Settings) -> list[Program]:
     tansu = broker_command(b.host, b.port, storage_url(settings))
     if b.storage == "memory":
         return [Program("broker", tansu, {}, b.host, b.port)]
-    s3 = [sys.executable, "-m", "deploy.s3_server", "--host", b.host, "--port", str(b.s3_port),
-          str(broker_dir(settings))]  # fmt: skip
-    return [Program("s3", s3, {}, b.host, b.s3_port), Program("broker", tansu, s3_env(settings), b.host, b.port)]
+    return [s3_program(settings), Program("broker", tansu, s3_env(settings), b.host, b.port)]
+
+
+def s3_program(settings: Settings) -> Program:
+    """The local S3 server, on loopback, serving `broker_dir` (one folder per bucket)."""
+    b, root = settings.broker, str(broker_dir(settings))
+    if b.s3_server == "localbucket":
+        cmd = [sys.executable, "-m", "deploy.s3_server", "localbucket", "--host", b.host, "--port", str(b.s3_port), root]
+        return Program("s3", cmd, {}, b.host, b.s3_port)
+    cmd = [sys.executable, "-m", "deploy.s3_server", "nanio", "serve", "--data-dir", root, "--host", b.host, "--port", str(b.s3_port),
+           "--workers", "1", "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    return Program("s3", cmd, {"NANIO_ACCESS_KEY": S3_KEY, "NANIO_SECRET_KEY": S3_SECRET}, b.host, b.s3_port)
 
 
 def prepare_storage(settings: Settings) -> None:
-    """Tansu needs its bucket to exist before it starts; for localbucket a bucket is a folder."""
+    """Tansu needs its bucket to exist before it starts; for both S3 servers a bucket is a folder."""
     if settings.broker.storage == "s3" and not settings.broker.external:
         (broker_dir(settings) / settings.broker.s3_bucket).mkdir(parents=True, exist_ok=True)
 

@@ -271,7 +271,8 @@ def model_list(data_dir: Optional[Path] = DataDir) -> None:
     for v in reg.versions():
         c = v.config
         m = c.get("metrics", {})
-        table.add_row("*" if current and current.name == v.name else "", v.name, f"{c['window']['end']:.0f}",
+        end = f"{c['window']['end']:.0f}" if "window" in c else c.get("source", "-")  # offline: no window
+        table.add_row("*" if current and current.name == v.name else "", v.name, end,
                       str(c.get("items")), f"{m.get('prequential', {}).get('ndcg@10', float('nan')):.4f}",
                       f"{m.get('holdout_candidate', {}).get('ndcg@10', float('nan')):.4f}", str(v.published))  # fmt: skip
     console.print(table)
@@ -289,6 +290,28 @@ def model_rollback(version: str, data_dir: Optional[Path] = DataDir) -> None:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1)
     console.print(f"serving now uses {v.name} (collection {v.collection})")
+
+
+@model_app.command("publish")
+def model_publish(
+    run_dir: Path = typer.Argument(..., help="A `learn train` run directory (or its checkpoint/)."),
+    promote: bool = typer.Option(True, "--promote/--no-promote", help="Switch serving to it once complete."),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Publish a model trained offline as the next version, over the live catalogue's content vectors."""
+    from store.registry import ModelRegistry
+    from store.vectors import VectorStore
+    from trainer.publish import publish_run
+
+    s = _settings(data_dir)
+    try:
+        with VectorStore(s.vector_uri, s.vectors.token) as store:
+            v = publish_run(run_dir, ModelRegistry(s.registry_path), store, promote, s.trainer.keep_versions)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1)
+    state = "serving now uses it" if promote else "not promoted (learn model rollback to serve it)"
+    console.print(f"published {run_dir} as {v.name} ({v.config['items']} items, collection {v.collection}); {state}")
 
 
 ApiPort = typer.Option(None, "--api-port", help="The query API's port (default: settings.serving.port).")

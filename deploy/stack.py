@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from config import Settings
-from deploy.broker import BrokerError, port_open, start_broker, stop_process
+from deploy.broker import BrokerError, for_storage, port_open, start_broker, stop_process
 from streams.topics import ensure_topics, topic_specs
 
 # name -> faust app module (each is its own consumer group and process)
@@ -72,9 +72,8 @@ class Stack:
     def start_worker(self, name: str, web_port: int, module: str | None = None) -> None:
         """Start a faust worker process and wait until its web server answers."""
         module = module or WORKERS[name]
-        s = self.settings.model_copy(
-            update={"worker": self.settings.worker.model_copy(update={"web_port": web_port})}
-        )
+        s = for_storage(self.settings)
+        s = s.model_copy(update={"worker": s.worker.model_copy(update={"web_port": web_port})})
         env = {**os.environ, **settings_env(s), "PYTHONUNBUFFERED": "1"}
         self.start_process(name, worker_command(module, s.worker.web_host, web_port), env)
         self.wait_http(name, f"http://{s.worker.web_host}:{web_port}/counts")

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from config import Settings
-from deploy.broker import BrokerError, Program, broker_programs, port_open, prepare_storage
+from deploy.broker import BrokerError, Program, broker_programs, for_storage, port_open, prepare_storage
 from deploy.stack import WORKERS, settings_env, worker_command
 from streams.topics import ensure_topics, topic_specs
 
@@ -48,7 +48,9 @@ def worker_ports(settings: Settings) -> dict[str, int]:
 
 
 def stack_settings(settings: Settings) -> Settings:
-    """The settings every program gets: the API re-exports the workers' /metrics pages."""
+    """The settings every program gets: the fetch wait the broker's storage needs (`for_storage`), and
+    the API re-exporting the workers' /metrics pages."""
+    settings = for_storage(settings)
     if settings.serving.metrics_urls:
         return settings
     w = settings.worker

@@ -23,7 +23,7 @@ not the record), and errors that are not about one record (the store down) are r
 The agent acknowledges a batch's records itself (`noack_take`), only after `write` returns (rows
 durably in the store); faust commits acknowledged offsets only. A SIGKILL at any moment therefore at
 worst re-delivers records whose rows are already written, and primary-key upserts make that harmless.
-A dead letter that cannot be delivered within `worker.dead_letter_timeout_s`, or any unexpected error,
+A dead letter that cannot be delivered within `worker.send_timeout_ms`, or any unexpected error,
 stops the process at once with a non-zero exit (`stop_loudly`): its batch stays unacknowledged and is
 read again after the restart, never skipped.
 
@@ -55,20 +55,31 @@ from pydantic import ValidationError
 
 from config import Settings, load_settings
 from encoder.content import ContentEncoder
+from encoder.item_tower import ItemTower
 from encoder.prompt import build_prompt
-from store.registry import ModelRegistry, Version
+from store.registry import ModelRegistry
 from store.titles import write_titles
 from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore
 from streams.app import make_app, raw_topic
 from streams.metrics import BATCH_SIZE, DEAD_LETTERS, LATENCY, RECORDS, register_pages
-from streams.schemas import MIN_EVENT_TIME, DeadLetter, ItemRecord, RecordError, dead_letter, decode_item, encode
+from streams.schemas import (
+    MIN_EVENT_TIME,
+    DeadLetter,
+    ItemRecord,
+    RecordError,
+    dead_letter,
+    decode_item,
+    encode,
+    unexpected_error,
+)
 
 log = logging.getLogger(__name__)
 
 WORKER = "encoder"
 CHARS_PER_TOKEN_CAP = 32  # prompts are cut to max_tokens * 32 characters before tokenizing (megabyte texts)
-MAX_DLQ_PAYLOAD = 4 * 1024 * 1024  # larger originals are cut in the dead letter (payload_bytes keeps the size)
-MAX_REASON_CHARS = 500  # an unexpected exception's message is cut to this in a dead letter's reason
+MAX_LETTER_BYTES = 900_000  # a dead letter's key + value at most (a Kafka request's default limit is 1 MB)
+MAX_REASON_CHARS = 2000  # a dead letter's reason is cut to this (a record can break thousands of rules)
+MAX_ERRORS = 100  # and its list of field errors to this
 # A text every model and tokenizer handles: when records fail one by one, it tells a broken model
 # (the probe fails too: retry the batch) from bad records (the probe passes: dead-letter them).
 PROBE = "Title: Glass beaker, 250 ml Brand: Pyrex Category: Labware"
@@ -182,17 +193,22 @@ def tombstone(key: bytes, timestamp_ms: float | None) -> ItemRecord:
 
 def as_record_error(e: Exception, doing: str) -> RecordError:
     """A record's own error as is; anything else it raised, named with what was being done."""
-    if isinstance(e, RecordError):
-        return e
-    return RecordError(f"{doing} failed: {type(e).__name__}: {e}"[:MAX_REASON_CHARS])
+    return e if isinstance(e, RecordError) else RecordError(f"{doing}: {unexpected_error(e).reason}")
 
 
 def letter(raw: bytes | None, e: RecordError, topic: str, partition, offset, key) -> DeadLetter:
-    """A dead letter whose payload is cut at MAX_DLQ_PAYLOAD bytes; payload_bytes keeps the real size.
-    A null value is an empty payload of 0 bytes (the reason says it was null)."""
-    raw = raw if isinstance(raw, bytes) else b""
-    x = dead_letter(raw[:MAX_DLQ_PAYLOAD], e, topic, partition, offset, key)
-    return x.model_copy(update={"payload_bytes": len(raw)})
+    """`dead_letter` (payload cut at MAX_DLQ_PAYLOAD_BYTES, payload_bytes the real size, null_value for a
+    tombstone), made sure to be sendable: escapes can make the JSON text of a payload 6x its bytes
+    (\\u0001), and a record can have thousands of field errors, so the reason and the error list are
+    cut, then the payload and the key are halved until key + letter fit MAX_LETTER_BYTES."""
+    x = dead_letter(raw, e, topic, partition, offset, key)
+    reason = x.reason if len(x.reason) <= MAX_REASON_CHARS else x.reason[: MAX_REASON_CHARS - 3] + "..."
+    x = x.model_copy(update={"reason": reason, "errors": x.errors[:MAX_ERRORS]})
+    for name in ("payload", "key"):
+        while getattr(x, name) and len(encode(x)) + len((x.key or "").encode()) > MAX_LETTER_BYTES:
+            value = getattr(x, name)
+            x = x.model_copy(update={name: value[: len(value) // 2]})
+    return x
 
 
 def batch_or_each(fn: Callable[[list], Sequence], xs: list, doing: str,
@@ -238,39 +254,6 @@ class WriteResult:
     write_s: float = 0.0
     version: str | None = None
     failed: list[tuple[Pending, str]] = field(default_factory=list)  # items the encoder refused
-
-
-class ItemTower:
-    """The current model version's TorchScript item tower, reloaded when the registry's CURRENT changes."""
-
-    def __init__(self, registry: ModelRegistry):
-        self.registry = registry
-        self.version: Version | None = None
-        self.module = None
-        self._mtime = -1.0
-
-    def refresh(self) -> bool:
-        """Follow CURRENT; True when the version changed (a new collection to fill)."""
-        mtime = self.registry.pointer_mtime()
-        if mtime == self._mtime:
-            return False
-        import torch
-
-        current = self.registry.current()
-        self._mtime = mtime
-        if current is None or (self.version and current.name == self.version.name):
-            return False
-        self.module = torch.jit.load(str(current.item_tower_path), map_location="cpu").eval()
-        self.version = current
-        log.info("item tower of model version %s loaded", current.name)
-        return True
-
-    def __call__(self, content: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            out = self.module(torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32)))  # (N, d_out)
-        return out.float().cpu().numpy()
 
 
 class Pipeline:
@@ -383,7 +366,6 @@ class Pipeline:
 # ---- the faust app ---------------------------------------------------------------------------
 settings = load_settings()
 app = make_app(WORKER, settings)
-app.conf.producer_max_request_size = 16 * 1024 * 1024  # dead letters carry megabyte payloads
 items = raw_topic(app, settings.topics.items)
 dead_letters = raw_topic(app, settings.topics.items_dlq)
 register_pages(app, WORKER)
@@ -417,23 +399,28 @@ def stop_loudly(why: str) -> NoReturn:
 
 
 async def send_dead_letters(letters: list[DeadLetter]) -> None:
-    """Send each and wait for the broker's acks, retrying with backoff for `worker.dead_letter_timeout_s`;
+    """Send each and wait for the broker's acks, retrying with backoff for `worker.send_timeout_ms`;
     then stop the worker (a record that cannot be dead-lettered must not be acknowledged)."""
     if not letters:
         return
-    deadline = time.monotonic() + settings.worker.dead_letter_timeout_s
+    timeout = settings.worker.send_timeout_ms / 1000
+    deadline = time.monotonic() + timeout
     delay = 0.5
     while True:
-        try:
-            await asyncio.wait_for(_send_all(letters), timeout=max(0.1, deadline - time.monotonic()))
+        # Waited on with a deadline, never cancelled: a send that is still pending at the deadline (the
+        # producer waits for metadata of a topic the broker lacks) ends with the process in stop_loudly.
+        send = asyncio.ensure_future(_send_all(letters))
+        done, _ = await asyncio.wait({send}, timeout=max(0.0, deadline - time.monotonic()))
+        error = send.exception() if done else TimeoutError(f"no ack within {timeout}s")
+        if error is None:
             break
-        except Exception as e:  # noqa: BLE001 - a timeout or the producer's error, retried until the deadline
-            if time.monotonic() + delay >= deadline:
-                stop_loudly(f"{len(letters)} dead letters could not be sent to {settings.topics.items_dlq} "
-                            f"within {settings.worker.dead_letter_timeout_s}s ({type(e).__name__}: {e})")  # fmt: skip
-            log.warning("sending %d dead letters failed (%s): retrying in %.1fs", len(letters), e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        if not done or time.monotonic() + delay >= deadline:
+            stop_loudly(f"{len(letters)} dead letters could not be sent to {settings.topics.items_dlq!r} within "
+                        f"{timeout}s (worker.send_timeout_ms): {type(error).__name__}: {error}")  # fmt: skip
+        log.warning("sending %d dead letters failed (%s: %s): retrying in %.1fs", len(letters),
+                    type(error).__name__, error, delay)  # fmt: skip
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
     DEAD_LETTERS.labels(WORKER).inc(len(letters))
 
 

@@ -23,10 +23,9 @@ import ipaddress
 import logging
 import secrets
 import sys
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated
-
-from collections.abc import Sequence
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError

@@ -5,10 +5,12 @@ Why in memory: one milvus-lite search call costs ~45 ms of fixed overhead at 4.4
 product and a top-k. So the API keeps a copy of the current version's `items_<version>` collection
 and answers from it; the vector store stays the durable record, and this copy follows it:
 
-- Version switches: `pointer_mtime()` of the registry is polled; a new CURRENT loads the new version
-  (user tower + a full scan of its collection) in the background while the old snapshot keeps
-  serving, then one reference assignment swaps them. A request reads the snapshot once, so it is
-  answered entirely by one version, and no request fails during a switch.
+- Version switches: the registry's CURRENT is followed (store/registry.py `CurrentFollower`); a new
+  version is loaded (its model artefact through trainer/checkpoint.py: the project's own model
+  module and safetensors weights, no archived code; plus a full scan of its collection) in the
+  background while the old snapshot keeps serving, then one reference assignment swaps them. A
+  request reads the snapshot once, so it is answered entirely by one version, and no request fails
+  during a switch.
 - Items added or changed after the version was published (the encoder worker upserts new items into
   the current version's collection): every `serving.sync_s` the rows stamped (`written_at`) since the
   previous sync began, less a margin, are listed (ids and times only), and the vectors of the rows
@@ -31,8 +33,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from store.registry import ModelRegistry
+from store.registry import CurrentFollower, ModelRegistry
 from store.vectors import QUERY_CAP, VectorStore
+from trainer.checkpoint import load_checkpoint
+from trainer.towers import LEARN
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +150,12 @@ def changed_since(store: VectorStore, name: str, since: float) -> list[dict]:
 # ---- the served model --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelSnapshot:
-    """What one request is answered with: a version's user tower and (memory mode) its item index."""
+    """What one request is answered with: a version's model (its `encode_users` is the user tower) and
+    (memory mode) its item index."""
 
     version: str
     collection: str
-    user_tower: torch.jit.ScriptModule
+    model: LEARN
     index: ItemIndex | None
     loaded_at: float
     max_seq_len: int = 50  # the user tower's positions: a longer history is cut to its newest items
@@ -167,13 +172,13 @@ class ModelFollower:
                  on_content_change: Callable[[list[str]], None] | None = None,
                  on_switch: Callable[[ModelSnapshot, float], None] | None = None):  # fmt: skip
         self.registry, self.store, self.in_memory = registry, store, in_memory
+        self.current = CurrentFollower(registry)
         self.on_content_change = on_content_change
         self.on_switch = on_switch
         self.snapshot: ModelSnapshot | None = None
         self.checked = False  # the registry has been looked at once (readiness)
         self.error: str | None = None
         self.last_sync_s = 0.0  # how long the last sync took (its store queries dominate)
-        self._mtime = -1.0
         self._since = 0.0  # rows stamped from then on are listed by the next sync
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -181,19 +186,17 @@ class ModelFollower:
     # -- following the registry --
     def poll(self) -> bool:
         """Load the current version if the pointer moved; True when the snapshot changed."""
-        mtime = self.registry.pointer_mtime()
-        if mtime == self._mtime:
-            return False
-        current = self.registry.current()
-        if current is None or (self.snapshot is not None and current.name == self.snapshot.version):
-            self._mtime, self.checked = mtime, True
+        current = self.current.poll()
+        if current is None:
+            self.checked = True
             return False
         t0, started = time.perf_counter(), time.time()
-        tower = torch.jit.load(str(current.user_tower_path), map_location="cpu").eval()
+        model, _ = load_checkpoint(current.path)
         index = load_index(self.store, current.collection) if self.in_memory else None
-        max_len = int(current.config.get("model", {}).get("max_seq_len", 50))
-        self.snapshot = ModelSnapshot(current.name, current.collection, tower, index, time.time(), max_len)
-        self._mtime, self.checked, self.error = mtime, True, None
+        snap = ModelSnapshot(current.name, current.collection, model, index, time.time(), model.cfg.max_seq_len)
+        self.snapshot = snap
+        self.current.accept(current)
+        self.checked, self.error = True, None
         self._since = started - WRITE_MARGIN_S  # what the scan may have missed
         seconds = time.perf_counter() - t0
         log.info("serving model version %s (%s items in memory, loaded in %.1fs)", current.name,

@@ -28,6 +28,7 @@ from serving.schemas import Fallback, HistoryItem, HistoryRequest, ItemFilter, R
 from store.state import Entry, StateReader
 from store.titles import TitleReader
 from store.vectors import VectorStore
+from trainer.towers import LEARN
 
 RECENT = 5  # newest history items echoed in a response
 
@@ -75,14 +76,14 @@ class Ranked:
     items: list[tuple[str, float]]
 
 
-def user_vectors(tower: torch.jit.ScriptModule, histories: Sequence[np.ndarray]) -> torch.Tensor:
-    """(B, d_out) user vectors of right-padded histories of raw content embeddings."""
+def user_vectors(model: LEARN, histories: Sequence[np.ndarray]) -> torch.Tensor:
+    """(B, d_out) user vectors of histories of raw content embeddings (right-padded here)."""
     lengths = torch.tensor([len(h) for h in histories], dtype=torch.int64)  # (B,)
     x = torch.zeros(len(histories), int(lengths.max()), histories[0].shape[1])  # (B, T, d_raw)
     for b, h in enumerate(histories):
         x[b, : len(h)] = torch.from_numpy(h)
     with torch.inference_mode():
-        return tower(x, lengths)
+        return model.encode_users(x, lengths)
 
 
 def rank_in_memory(snap: ModelSnapshot, jobs: list[Job]) -> list[Ranked | Exception]:
@@ -92,7 +93,7 @@ def rank_in_memory(snap: ModelSnapshot, jobs: list[Job]) -> list[Ranked | Except
     rows, queries = [], []
     users = [b for b, j in enumerate(jobs) if j.history is not None]
     if users:
-        u = user_vectors(snap.user_tower, [jobs[b].history for b in users])
+        u = user_vectors(snap.model, [jobs[b].history for b in users])
         rows += users
         queries += list(u)
     for b, j in enumerate(jobs):
@@ -256,7 +257,7 @@ class Recommender:
         if snap is None:
             raise NoModel()
         if job.history is not None:
-            query = user_vectors(snap.user_tower, [job.history]).numpy()
+            query = user_vectors(snap.model, [job.history]).numpy()
         else:
             row = self.store.get(snap.collection, [job.item_id], with_vectors=True).get(job.item_id)
             if row is None:

@@ -2,21 +2,23 @@
 
 Layout under the registry root:
     versions/<name>/           one complete version (written elsewhere, then renamed into place)
-        weights.safetensors    the towers' weights (no pickle)
-        config.json            model config, data window, metrics, created time
-        item_tower.pt          TorchScript: raw content embeddings (N, d_llm) -> item vectors (N, d_out),
-                               self-contained (whitening included), so the encoder worker and the query
-                               path can compute item vectors without importing trainer/
-        user_tower.pt          TorchScript: (B, T, d_raw) content sequence + (B,) lengths -> (B, d_out)
+        model.safetensors      the model artefact (trainer/checkpoint.py, the format `learn train`
+        model.json             writes too): weights incl. the feature step's whitening; config, metrics
+        item_tower.pt2         torch.export program, raw content (N, d_raw) -> item vectors (N, d_out),
+                               for the encoder worker (which must not import trainer/)
+        optimizer.pt           the optimiser state (incremental versions only: the warm start)
+        config.json            the version record: model config, source, data window, metrics, created time
         PUBLISHED              written last, once the version's vector collection is complete
     CURRENT                    JSON {"version": name, "collection": vector collection}: what serving uses
     .staging/                  versions being written (never read by anyone else)
+and in the vector store, `items_<name>` (`items_collection`): the version's item-tower vectors.
 
 Publishing is four steps, each atomic: `stage()` a directory and `commit_version()` renames it into
 `versions/`; the caller fills the vector collection and calls `mark_published()`; `promote()` (which
 refuses a version not marked published) replaces CURRENT with os.replace. A crash at any point leaves
-CURRENT naming the previous complete version. This module knows files, not
-models: it never imports torch.
+CURRENT naming the previous complete version. trainer/publish.py is the one caller that writes.
+`CurrentFollower` is how readers (the encoder worker, serving) follow CURRENT. This module knows files,
+not models: it never imports torch.
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ from pathlib import Path
 CURRENT = "CURRENT"
 PUBLISHED = "PUBLISHED"
 VERSION_PREFIX = "v"
+ITEMS_PREFIX = "items_"
+ITEM_TOWER = "item_tower.pt2"
+REQUIRED = ("model.safetensors", "model.json", ITEM_TOWER, "config.json")
+
+
+def items_collection(version: str) -> str:
+    """The vector collection of a model version's item-tower vectors."""
+    return f"{ITEMS_PREFIX}{version}"
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,7 @@ class Version:
 
     @property
     def collection(self) -> str:
-        return f"items_{self.name}"
+        return items_collection(self.name)
 
     @property
     def published(self) -> bool:
@@ -52,11 +62,7 @@ class Version:
 
     @property
     def item_tower_path(self) -> Path:
-        return self.path / "item_tower.pt"
-
-    @property
-    def user_tower_path(self) -> Path:
-        return self.path / "user_tower.pt"
+        return self.path / ITEM_TOWER
 
 
 def _fsync_dir(path: Path) -> None:
@@ -129,7 +135,7 @@ class ModelRegistry:
     def commit_version(self, name: str) -> Version:
         """Move a fully written staging directory into versions/ (one rename)."""
         src = self.staging_dir / name
-        for required in ("weights.safetensors", "config.json", "item_tower.pt"):
+        for required in REQUIRED:
             if not (src / required).exists():
                 raise FileNotFoundError(f"version {name} is incomplete: {required} missing")
         for f in src.iterdir():
@@ -165,3 +171,29 @@ class ModelRegistry:
         """Remove what a crashed publish left half-written."""
         shutil.rmtree(self.staging_dir, ignore_errors=True)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
+
+
+class CurrentFollower:
+    """Follows CURRENT for a reader that loads a version (the encoder worker, serving): `poll()` costs
+    one stat while nothing changes and returns the version CURRENT newly names; the reader loads it and
+    calls `accept()`. A load that fails is not accepted, so the next poll offers the version again."""
+
+    def __init__(self, registry: ModelRegistry):
+        self.registry = registry
+        self.version: Version | None = None  # the accepted (loaded) version
+        self._seen = -1.0  # CURRENT's mtime when last looked at with nothing new to load
+        self._offered = -1.0
+
+    def poll(self) -> Version | None:
+        mtime = self.registry.pointer_mtime()
+        if mtime == self._seen:
+            return None
+        current = self.registry.current()
+        if current is None or (self.version is not None and current.name == self.version.name):
+            self._seen = mtime
+            return None
+        self._offered = mtime
+        return current
+
+    def accept(self, version: Version) -> None:
+        self.version, self._seen = version, self._offered

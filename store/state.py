@@ -353,3 +353,13 @@ class StateReader:
             db.close()
         self.dbs.clear()
         shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def first_slot(self) -> float | None:
+        """The start of the earliest event-time slot with an applied event (None before any)."""
+        starts = []
+        for db in self.dbs.values():
+            for k in db.keys(from_key=WINDOW):
+                if k.startswith(WINDOW):
+                    starts.append(float(int(k[len(WINDOW) : len(WINDOW) + 12])))
+                break
+        return min(starts, default=None)

@@ -8,7 +8,11 @@ Fields: item_id (VARCHAR pk), vector (FLOAT_VECTOR), text_hash (sha256 of the pr
 event_time (the record's), written_at (wall clock of the write), truncated (the prompt was cut).
 
 Where the data lives (`settings.vector_uri`):
-- `http(s)://...` : a Milvus server; any number of processes connect to it.
+- `http(s)://...` : a Milvus server; any number of processes connect to it. A (re)started server keeps
+  every collection released until it is loaded: opening the store loads them, and a call that finds a
+  collection released (the server restarted while the store was open) or the server gone (within
+  `wait_s`) loads it or re-connects and repeats the call. Consistency: see CONSISTENCY.
+  (deploy/milvus_server.py runs a real one on this machine, for the tests and bench/milvus_server.py.)
 - a local path (default `<data_dir>/vectors.db`): milvus-lite. milvus-lite 3.x is pure Python and
   in-process, and it allows ONE process per directory (an flock on `<path>/LOCK`). So the process that
   opens the path first becomes its *host*: it opens milvus-lite, serves it on a loopback gRPC port
@@ -40,23 +44,24 @@ from pathlib import Path
 
 import numpy as np
 
+from store.registry import ITEMS_PREFIX, items_collection  # noqa: F401 - the naming rule lives with the versions
+
 log = logging.getLogger(__name__)
 
 CONTENT = "content"
-ITEMS_PREFIX = "items_"
 ENDPOINT_FILE = "ENDPOINT"
 MAX_ID_BYTES = 512  # ids are <= 128 characters (streams/schemas.py); UTF-8 needs up to 4 bytes each
 QUERY_CAP = 16384  # Milvus caps one query's results at this many rows
 SCAN_BATCH = 8192  # rows per page of a scan
 PAGE = 4096  # rows per page when listing ids by offset
+# On a Milvus server, "Session": a process reads its own writes at once, others within Milvus' time
+# tick (milliseconds); "Strong" made every search wait ~400 ms for the tick here, "Bounded" (the
+# default) hid a write from its own writer's next count. `count` alone reads "Strong" (see there).
+# milvus-lite reads every write at once.
+CONSISTENCY = "Session"
 # pymilvus pings every 10 s; the loopback host's grpc server answers an idle client's pings with
 # GOAWAY "too_many_pings" after a while, which fails the next call. Loopback needs no keepalive.
 LOOPBACK_GRPC = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
-
-
-def items_collection(version: str) -> str:
-    """The collection of a model version's item-tower vectors (the same name the registry gives)."""
-    return f"{ITEMS_PREFIX}{version}"
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,11 @@ class StoreUnavailable(RuntimeError):
 def _is_connection_error(e: Exception) -> bool:
     text = f"{type(e).__name__} {e}".lower()
     return any(s in text for s in ("unavailable", "connect", "deadline", "socket closed", "channel"))
+
+
+def _is_not_loaded(e: Exception) -> bool:
+    """A Milvus server's answer for a search or query on a released collection (code 101)."""
+    return getattr(e, "code", None) == 101 or "not loaded" in str(e).lower()
 
 
 def _quiet_unimplemented(record: logging.LogRecord) -> bool:
@@ -120,8 +130,7 @@ class VectorStore:
         from pymilvus import MilvusClient
 
         if self.is_remote:
-            self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.wait_s)
-            self.mode = "server"
+            self._open_server()
             return self
         path = Path(self.uri)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,10 +144,10 @@ class VectorStore:
             if endpoint:
                 try:
                     self._client = MilvusClient(uri=endpoint, timeout=5.0, grpc_options=LOOPBACK_GRPC)
-                    names = self._client.list_collections()
                     if mode == "host":  # milvus-lite re-opens collections released: load them
-                        for name in names:
-                            self._client.load_collection(name)
+                        self._load_released()
+                    else:
+                        self._client.list_collections()  # the host answers
                     self.mode = mode
                     log.info("vector store %s opened as %s (%s)", path, mode, endpoint)
                     return self
@@ -150,6 +159,36 @@ class VectorStore:
                 raise StoreUnavailable(f"vector store {path}: no host answered within {self.wait_s}s "
                                        f"(last error: {last_error})")  # fmt: skip
             time.sleep(0.1)
+
+    def _open_server(self) -> None:
+        """Connect to a Milvus server, retrying for `wait_s` (it may be restarting), and load every
+        collection: a (re)started server keeps them released, and a search on a released collection
+        fails ("collection not loaded")."""
+        from pymilvus import MilvusClient
+
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                self._client = MilvusClient(uri=self.uri, token=self.token, timeout=min(self.wait_s, 10.0))
+                self._load_released()
+                self.mode = "server"
+                log.info("vector store opened on the Milvus server %s", self.uri)
+                return
+            except Exception as e:
+                self._close_client()
+                if not _is_connection_error(e):
+                    raise  # e.g. a refused token: no waiting fixes it
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"Milvus server {self.uri} unreachable for {self.wait_s}s: {e}") from e
+                time.sleep(0.5)
+
+    def _load_released(self) -> None:
+        """Load each collection that is not loaded (loading a loaded one would also be harmless)."""
+        from pymilvus.client.types import LoadState
+
+        for name in self._client.list_collections():
+            if self._client.get_load_state(name)["state"] != LoadState.Loaded:
+                self._client.load_collection(name)
 
     def _try_host(self, path: Path) -> str | None:
         """Take the milvus-lite directory and serve it on loopback; None if another process has it."""
@@ -186,13 +225,16 @@ class VectorStore:
         finally:
             db.close()  # releases the LOCK
 
-    def close(self) -> None:
+    def _close_client(self) -> None:
         if self._client is not None:
             try:
                 self._client.close()
             except Exception:  # noqa: BLE001 - closing a dead channel
                 pass
             self._client = None
+
+    def close(self) -> None:
+        self._close_client()
         if self._server is not None:
             path = Path(self.uri)
             try:
@@ -211,17 +253,33 @@ class VectorStore:
         self.close()
 
     def _call(self, method: str, *args, **kwargs):
-        """Call the client; after a lost host (see module doc) re-open once and repeat the call."""
+        """Call the client; after a lost host (see module doc) re-open once and repeat the call. On a
+        server: after a lost connection (a restart) re-open, and on a released collection load it,
+        then repeat the call once (every call is idempotent)."""
         self.open()
         try:
             return getattr(self._client, method)(*args, **kwargs)
         except Exception as e:
-            if self.is_remote or self.mode != "guest" or not _is_connection_error(e):
+            if self.is_remote:
+                return self._repeat_on_server(e, method, args, kwargs)
+            if self.mode != "guest" or not _is_connection_error(e):
                 raise
             log.warning("vector store host went away (%s): re-opening", type(e).__name__)
             self.close()
             self.open()
             return getattr(self._client, method)(*args, **kwargs)
+
+    def _repeat_on_server(self, e: Exception, method: str, args: tuple, kwargs: dict):
+        if _is_not_loaded(e) and args:
+            log.warning("collection %s was released (a server restart?): loading it", args[0])
+            self._client.load_collection(args[0])
+        elif _is_connection_error(e):
+            log.warning("Milvus server %s unreachable (%s): re-connecting", self.uri, type(e).__name__)
+            self.close()
+            self.open()
+        else:
+            raise e
+        return getattr(self._client, method)(*args, **kwargs)
 
     # ---- collections --------------------------------------------------------------------------
     def collections(self) -> list[str]:
@@ -254,7 +312,7 @@ class VectorStore:
         index = self._client.prepare_index_params()
         index.add_index("vector", index_type="FLAT", metric_type=metric)
         try:
-            self._call("create_collection", name, schema=schema, index_params=index)
+            self._call("create_collection", name, schema=schema, index_params=index, consistency_level=CONSISTENCY)
         except Exception:
             if not self.has(name):  # else: created by another process in between
                 raise
@@ -336,7 +394,10 @@ class VectorStore:
         return out
 
     def count(self, name: str) -> int:
-        res = self._call("query", name, filter="", output_fields=["count(*)"])
+        """The rows there are now. On a server a "Strong" read (~400 ms: it waits for Milvus' time tick):
+        a session read of count(*) there missed this process's own deletes."""
+        strong = {"consistency_level": "Strong"} if self.is_remote else {}
+        res = self._call("query", name, filter="", output_fields=["count(*)"], **strong)
         return int(res[0]["count(*)"])
 
     def query(self, name: str, filter: str, fields: Sequence[str], limit: int = QUERY_CAP) -> list[dict]:
@@ -348,7 +409,12 @@ class VectorStore:
         primary-key order, each after the last id seen (so a scan is O(N); paging by offset is O(N^2) in
         milvus-lite, 111 s for 100k ids). Its own cursor rather than pymilvus' query iterator, which
         pastes the last id into `item_id > "..."` unescaped: an id holding a quote or a backslash at a
-        page boundary broke the scan (or widened it)."""
+        page boundary broke the scan (or widened it).
+        On a Milvus server, pymilvus sends a query with `iterator` at no consistency guarantee
+        (eventual: right after a write it returned no rows at all), so a scan first waits for a
+        "Strong" read (`count`, ~400 ms): the pages then see every write made before the scan."""
+        if self.is_remote:
+            self.count(name)
         last: str | None = None
         while True:
             parts = [f"item_id > {_literal(last)}" if last is not None else "", filter]
@@ -380,12 +446,15 @@ def _quiet_mvcc(record: logging.LogRecord) -> bool:
 logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_quiet_mvcc)
 
 
-# The one place where ids become expression text. milvus-lite 3.x ignores parameterised filters
-# (`filter_params`: "unexpected character '{'") and so do Milvus servers before 2.5, so ids are written
-# as string literals in the subset of escapes that both grammars read back exactly: milvus-lite's
-# tokenizer knows only \\ \" \' \n \r \t (a JSON-style \u0000 is a parse error there); Milvus' ANTLR
-# grammar takes those and any other character raw. An id that is not valid UTF-8 (a lone surrogate)
-# or longer than a primary key can be cannot be stored, so it never reaches an expression at all.
+# The one place where ids become expression text. Parameterised filters (`filter_params`) are not
+# understood by milvus-lite 3.2 ("unexpected character '{'") nor by a Milvus 2.3.5 server ("cannot parse
+# expression"), both checked here, so ids are written as string literals in the subset of escapes that
+# both grammars read back exactly: milvus-lite's tokenizer knows only \\ \" \' \n \r \t (a JSON-style
+# \u0000 is a parse error there); Milvus' ANTLR grammar takes those and any other character raw. Every
+# id class of tests/unit/test_vector_filters.py (NUL and control characters included) was also read
+# back exactly, got, scanned and deleted on that Milvus 2.3.5 server (the `milvus` embedded-server
+# wheel, inside `unshare -n`). An id that is not valid UTF-8 (a lone surrogate) or longer than a
+# primary key can be cannot be stored, so it never reaches an expression at all.
 _ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 

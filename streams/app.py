@@ -12,6 +12,7 @@ from __future__ import annotations
 import faust
 
 from config import Settings
+from streams.kafka_options import client_options
 
 
 def make_app(name: str, settings: Settings, has_agents: bool = True) -> faust.App:
@@ -25,7 +26,7 @@ def make_app(name: str, settings: Settings, has_agents: bool = True) -> faust.Ap
     datadir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         f"{w.app_prefix}-{name}",
-        broker=f"kafka://{settings.broker.bootstrap}",
+        **client_options(settings.broker, "faust"),  # broker list, SASL / TLS credentials
         store="memory://",
         datadir=str(datadir),
         broker_session_timeout=settings.broker.session_timeout_ms / 1000,

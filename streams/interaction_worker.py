@@ -23,7 +23,9 @@ Offset regression: after a seek the first record must be the one the fingerprint
 now holds another record, or lies beyond the broker's log (the topic was recreated, a memory broker
 restarted at 0), the worker logs it, counts it in `learn_offset_regressions_total` and consumes the
 partition again from the log's start (event-id deduplication keeps the effect exactly once). The same
-check runs whenever the consumer delivers an offset below the stored one (its position was reset).
+check runs whenever the consumer delivers an offset below the stored one (its position was reset), for
+a partition that delivered nothing for `worker.regression_probe_s` (Tansu answers a fetch beyond its
+log with no records instead of OFFSET_OUT_OF_RANGE) and for the first records after such a pause.
 
 Failures: any exception while handling one record dead-letters that record (with the exception as
 the reason) and the rest of its batch is applied. A record that can be neither forwarded nor
@@ -93,7 +95,8 @@ class InteractionWorker:
                                 sources=(SOURCE, REPARTITION))  # fmt: skip
         # tp -> (offset sought, offset applied last, its fingerprint): what the next records must show
         self.verifying: dict[TopicPartition, tuple[int, int, bytes | None]] = {}
-        self.last_seen: dict[TopicPartition, float] = {}  # when records (or a probe) last came
+        self.delivered_at: dict[TopicPartition, float] = {}  # when records last came
+        self.checked_at: dict[TopicPartition, float] = {}  # when the partition was last sought / probed
         self.last_probe = 0.0
 
     # ---- assignment ----
@@ -108,7 +111,8 @@ class InteractionWorker:
     def on_revoked(self, revoked) -> None:
         for tp in revoked:
             self.verifying.pop(tp, None)
-            self.last_seen.pop(tp, None)
+            self.delivered_at.pop(tp, None)
+            self.checked_at.pop(tp, None)
             self.state.release(tp.partition)
 
     def seek_to_stored(self, tp: TopicPartition, part: PartitionState, sought: int | None = None) -> None:
@@ -116,7 +120,7 @@ class InteractionWorker:
         checked against its fingerprint before anything after it is applied."""
         source = self.inputs[tp.topic]
         nxt = part.next_offsets[source]
-        self.last_seen[tp] = time.monotonic()
+        self.checked_at[tp] = time.monotonic()
         if nxt > 0:
             sought = nxt - 1 if sought is None else min(sought, nxt - 1)
             self.verifying[tp] = (sought, nxt - 1, part.fingerprints[source])
@@ -139,15 +143,14 @@ class InteractionWorker:
             ends = {}
         now = time.monotonic()
         for tp in idle:
-            self.last_seen[tp] = now
+            self.checked_at[tp] = now
             end = ends.get(tp)
             if end is None or tp not in self.consumer.assignment() or not self.state.is_open(tp.partition):
                 continue
             part = self.state.partition(tp.partition)
-            source = self.inputs[tp.topic]
-            if end == 0 and part.next_offsets[source] > 0:  # empty, but the state applied records from it
-                self.regressed(tp, part, source, -1)
-            elif part.next_offsets[source] > 0:
+            if part.next_offsets[self.inputs[tp.topic]] > 0:
+                # Not even an end offset of 0 is trusted (Tansu's s3 engine reported 0 for partitions
+                # that had records): the scan decides, and an empty log decides when records come.
                 self.seek_to_stored(tp, part, sought=max(end - 1, 0))
 
     # ---- one partition's batch ----
@@ -268,7 +271,13 @@ class InteractionWorker:
                 # Only partitions whose state the rebalance listener has opened (and sought to the
                 # stored offset): records fetched before that are fetched again after the seek.
                 if records and tp in consumer.assignment() and self.state.is_open(tp.partition):
-                    self.last_seen[tp] = now
+                    quiet_s = now - self.delivered_at.get(tp, now)
+                    self.delivered_at[tp] = now
+                    if quiet_s >= w.regression_probe_s and tp not in self.verifying:
+                        # First records after a quiet stretch (a broker outage, a recreated topic that
+                        # grew past our position): check the record applied last before applying.
+                        self.seek_to_stored(tp, self.state.partition(tp.partition))
+                        continue
                     nxt = await self.handle(tp, records, complete)
                     if nxt is not None:
                         done[tp] = OffsetAndMetadata(nxt, "")
@@ -279,8 +288,8 @@ class InteractionWorker:
                     log.warning("offset commit failed (harmless, state keeps its own offsets): %s", e)
             if now - self.last_probe >= w.regression_probe_s / 2:
                 self.last_probe = now
-                idle = [tp for tp in consumer.assignment()
-                        if self.state.is_open(tp.partition) and now - self.last_seen.get(tp, now) >= w.regression_probe_s]  # fmt: skip
+                idle = [tp for tp in consumer.assignment() if self.state.is_open(tp.partition)
+                        and now - max(self.delivered_at.get(tp, 0.0), self.checked_at.get(tp, now)) >= w.regression_probe_s]  # fmt: skip
                 if idle:
                     await self.probe(idle)
 
@@ -314,13 +323,13 @@ def make_clients(settings: Settings, group_id: str) -> tuple[AIOKafkaConsumer, A
         rebalance_timeout_ms=w.rebalance_timeout_ms,
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
-        # Short broker-side wait: an idle fetch returns quickly, so a new event is seen within ~ms.
+        # Short broker-side wait: an idle fetch returns quickly (the stack raises it on the s3 engine).
         fetch_max_wait_ms=w.fetch_max_wait_ms,
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=b.bootstrap,
         acks="all",
-        request_timeout_ms=w.send_timeout_ms,
+        request_timeout_ms=w.send_timeout_ms,  # the producer retries meanwhile
         max_request_size=2 * 1024 * 1024,  # a forward is one compact record, a letter's payload is cut
         linger_ms=0,
     )

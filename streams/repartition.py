@@ -19,7 +19,15 @@ from typing import Any
 from kafka.partitioner.default import murmur2
 
 from store.state import Entry
-from streams.schemas import DeadLetter, RecordError, dead_letter, decode_interaction, encode, unexpected_error
+from streams.schemas import (
+    MAX_DLQ_PAYLOAD_BYTES,
+    DeadLetter,
+    RecordError,
+    dead_letter,
+    decode_interaction,
+    encode,
+    unexpected_error,
+)
 
 
 @lru_cache(maxsize=1 << 17)
@@ -81,7 +89,8 @@ def route(records: list, topic: str, partition: int, n_partitions: int) -> Route
 def letter_for(m: Any, error: RecordError, topic: str) -> DeadLetter:
     value = getattr(m, "value", None)
     raw = value if value is None or isinstance(value, (bytes, bytearray)) else repr(value).encode()
-    return dead_letter(raw, error, topic, getattr(m, "partition", None), getattr(m, "offset", None), getattr(m, "key", None))
+    return dead_letter(raw, error, topic, getattr(m, "partition", None), getattr(m, "offset", None),
+                       getattr(m, "key", None), max_payload=MAX_DLQ_PAYLOAD_BYTES)  # fmt: skip
 
 
 class Resume(str, Enum):

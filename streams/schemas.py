@@ -26,8 +26,9 @@ from pydantic import (
 SCHEMA_VERSION = 1
 MAX_ID_CHARS = 128
 MAX_RECORD_BYTES = 8 * 1024 * 1024  # larger payloads are dead-lettered, not parsed
-# A dead letter carries at most this much of the original payload (a Kafka request's default limit is
-# 1 MiB, and a letter that cannot be sent stops the worker): `payload_bytes` keeps the true size.
+# The interaction worker's dead letters carry at most this much of the original payload (a Kafka
+# request's default limit is 1 MiB, and a letter that cannot be sent stops the worker; a valid
+# interaction is a few hundred bytes): `payload_bytes` keeps the true size.
 MAX_DLQ_PAYLOAD_BYTES = 256 * 1024
 # Event times are epoch seconds; anything outside these bounds is a producer bug, not an event.
 MIN_EVENT_TIME = 946_684_800.0  # 2000-01-01
@@ -214,10 +215,12 @@ def dead_letter(
     partition=None,
     offset=None,
     key=None,
-    max_payload: int = MAX_DLQ_PAYLOAD_BYTES,
+    max_payload: int | None = None,
 ) -> DeadLetter:
-    """The letter for a refused record. `raw=None` (a tombstone) gives payload "" and null_value=True."""
+    """The letter for a refused record. `raw=None` (a tombstone) gives payload "" and null_value=True;
+    `max_payload` cuts the payload at that many bytes (payload_truncated=True, payload_bytes stays)."""
     raw_bytes = b"" if raw is None else bytes(raw)
+    max_payload = len(raw_bytes) if max_payload is None else max_payload
     return DeadLetter(
         reason=error.reason,
         errors=error.errors,

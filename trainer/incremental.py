@@ -12,12 +12,15 @@ For each closed window [start, end) (tumbling, `trainer.window_s` of event time,
 3. gate: the candidate and the current version are scored on the held-out events; a candidate worse by
    more than `trainer.promote_margin` NDCG@10 is published but not promoted (logged), and training
    continues from the promoted weights;
-4. publish (store/registry.py): weights, config, optimiser state and the exported towers are staged
-   and committed; every item's item-tower vector goes into the version's collection; a PUBLISHED
-   marker is written; then the serving pointer is switched atomically. A crash anywhere leaves serving
-   on the previous complete version; on restart, incomplete versions and orphan collections are
-   removed and training resumes after the last published window.
+4. publish (trainer/publish.py): the model artefact, its optimiser state and the exported item tower
+   are staged and committed; every item's item-tower vector goes into the version's collection; a
+   PUBLISHED marker is written; then the serving pointer is switched atomically. A crash anywhere
+   leaves serving on the previous complete version; on restart, incomplete versions and orphan
+   collections are removed and training resumes after the last published window, warm-started from
+   the served version (which may be an offline run published with `learn model publish`).
 
+`IncrementalTrainer.process` is these four steps as one plain loop body, in the style of River's
+progressive validation (`test`, `train`, `gate`, `publish`); the pure helpers below are unit-tested.
 The maths (`OnlineLearner`) is separate from the I/O (`IncrementalTrainer`), so it is testable on
 lists of sequences without a broker or a store.
 """
@@ -34,17 +37,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from tenacity import Retrying, before_sleep_log, retry_if_result, stop_after_delay, stop_never, wait_fixed
 
 from config import Settings
-from encoder.pooling import Whitening, l2_normalize
 from store.registry import ModelRegistry, Version
 from store.state import Entry, StateReader
-from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore, items_collection
+from store.vectors import CONTENT, VectorStore
 from trainer.evaluation import evaluate_examples
-from trainer.export import export_towers
-from trainer.offline import length_bucketed_batches, model_scorer, tower_config
-from trainer.towers import LEARN, TowerConfig, pad_sequences
+from trainer.offline import length_bucketed_batches, model_scorer, train_step
+from trainer.publish import Publisher, load_version, read_content
+from trainer.towers import LEARN, Features, TowerConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +92,16 @@ def split_holdout(seqs: list[list[int]], min_len: int = 3) -> tuple[list[list[in
 class OnlineLearner:
     """The twin towers over a growing catalogue, trained in bounded steps with a persistent optimiser."""
 
-    def __init__(self, cfg: TowerConfig, whitening: Whitening, lr: float, weight_decay: float, seed: int):
-        self.whitening = whitening
+    def __init__(self, cfg: TowerConfig, features: Features, lr: float, weight_decay: float, seed: int):
         self.cfg = cfg
         torch.manual_seed(seed)
-        self.model = LEARN(cfg, torch.zeros(cfg.n_items, cfg.d_llm))
+        self.model = LEARN(cfg, features=features)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.rng = random.Random(seed)
 
     def set_catalogue(self, raw: np.ndarray) -> None:
         """Replace the content table (items may have been added). (N, d_raw) raw embeddings."""
-        features = torch.from_numpy(l2_normalize(self.whitening(raw)).astype(np.float32))
-        pad = torch.zeros(1, features.shape[1])
-        self.model.content = torch.cat([features, pad])
-        self.model.cfg.n_items = features.shape[0]
+        self.model.set_catalogue(torch.from_numpy(np.asarray(raw, np.float32)))
 
     def evaluate(self, examples: list[tuple[list[int], int]]) -> dict[str, float]:
         if not examples:
@@ -122,13 +120,7 @@ class OnlineLearner:
         losses, samples, done = [], 0, 0
         while done < steps:
             for batch in length_bucketed_batches([len(s) for s in seqs], batch_size, self.rng):
-                seq, lens = pad_sequences([seqs[j] for j in batch], self.model.pad_id, self.cfg.max_seq_len)
-                loss = self.model.calculate_loss({"item_seq": seq, "item_seq_len": lens})
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-                self.opt.step()
-                losses.append(loss.item())
+                losses.append(train_step(self.model, self.opt, [seqs[j] for j in batch], self.cfg.max_seq_len))
                 samples += len(batch)
                 done += 1
                 if done >= steps or time.perf_counter() > deadline:
@@ -138,16 +130,12 @@ class OnlineLearner:
         self.model.eval()
         return {"steps": done, "loss": float(np.mean(losses)), "samples": samples}
 
-    # -- state (weights + optimiser), saved without pickle -------------------------------------
-    def save(self, directory: Path) -> None:
-        weights = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(weights, str(directory / "weights.safetensors"))
-        torch.save(self.opt.state_dict(), directory / "optimizer.pt")
-        self.whitening.save(directory / "whitening.npz")
-
-    def load(self, directory: Path) -> None:
-        self.model.load_state_dict(load_file(str(directory / "weights.safetensors")))
-        self.opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    # -- state (weights + optimiser) -------------------------------------------------------------
+    def load(self, weights: dict, opt_state: dict | None) -> None:
+        """Warm start from a published version's weights and optimiser state."""
+        self.model.load_state_dict(weights)
+        if opt_state is not None:
+            self.opt.load_state_dict(opt_state)
         self.model.eval()
 
     def snapshot(self) -> tuple[dict, dict]:
@@ -196,13 +184,29 @@ class WindowResult:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class Window:
+    """What one window's steps read: the catalogue index, the changed users and their sequences."""
+
+    start: float
+    end: float
+    index: dict[str, int]
+    users: list[str]  # sorted
+    seqs: dict[str, list[Entry]]
+    examples: list[tuple[list[int], int]]  # the prequential test events
+
+
 class IncrementalTrainer:
-    """Reads the state store and the content vectors, publishes versions to the registry."""
+    """Reads the state store and the content vectors, publishes versions through trainer/publish.py.
+
+    `process` is the window as one plain loop body, in the order of River's progressive validation:
+    `test` the current version on the window, `train` a candidate, `gate` it, `publish` it."""
 
     def __init__(self, settings: Settings, vectors: VectorStore, reader: StateReader | None = None):
         self.s = settings
         self.ts = settings.trainer
         self.registry = ModelRegistry(settings.registry_path)
+        self.publisher = Publisher(self.registry, vectors, self.ts.keep_versions, self._pause)
         self.vectors = vectors
         self.reader = reader or StateReader(settings.state_path, settings.topics.interactions)
         self.metrics_path = settings.data_dir / "trainer" / "windows.jsonl"
@@ -220,66 +224,40 @@ class IncrementalTrainer:
     # -- recovery ---------------------------------------------------------------------------
     def recover(self) -> Version | None:
         """Clean what a crash left, then resume from the newest complete version."""
-        self.registry.clean_staging()
-        complete = []
-        for v in self.registry.versions():
-            if v.published:
-                complete.append(v)
-            else:
-                log.warning("removing incomplete version %s (crashed publish)", v.name)
-                self._drop_version(v)
-        known = {items_collection(v.name) for v in complete}
-        for name in self.vectors.collections():
-            if name.startswith(ITEMS_PREFIX) and name not in known:
-                self.vectors.drop(name)  # vectors of a version that never got committed
+        complete = self.publisher.recover()
         current = self.registry.current()
-        if complete:
-            newest = complete[-1]
-            meta = newest.config
-            self.next_start = meta["window"]["end"]
-            self.windows_done = meta["window"]["index"] + 1
-            self.applied_at_close = meta["window"].get("applied", 0)
+        windowed = [v.config["window"] for v in complete if "window" in v.config]  # offline versions have none
+        if windowed:
+            self.next_start = windowed[-1]["end"]
+            self.windows_done = windowed[-1]["index"] + 1
+            self.applied_at_close = windowed[-1].get("applied", 0)
+        if complete:  # warm start from the served version (it may be one published from an offline run)
             self._refresh_catalogue()
-            promoted = current or newest
-            self.learner = self._new_learner(Whitening.load(promoted.path / "whitening.npz"), promoted.config["model"])
+            promoted = current or complete[-1]
+            model, opt_state = load_version(promoted)
+            self.learner = self._new_learner(model.features, model.cfg)
             self.learner.set_catalogue(self.catalogue_raw)
-            self.learner.load(promoted.path)
-            log.info("resuming after window %d (end %.0f) from version %s", self.windows_done - 1,
+            self.learner.load(model.state_dict(), opt_state)
+            log.info("resuming after window %d (end %s) from version %s", self.windows_done - 1,
                      self.next_start, promoted.name)  # fmt: skip
         return current
-
-    def _drop_version(self, v: Version) -> None:
-        if self.vectors.has(v.collection):
-            self.vectors.drop(v.collection)
-        import shutil
-
-        shutil.rmtree(v.path, ignore_errors=True)
 
     # -- inputs -------------------------------------------------------------------------------
     def _refresh_catalogue(self) -> None:
         """Add items the encoder worker wrote since the last window (their raw content vectors)."""
         if not self.vectors.has(CONTENT):
             return
-        ids = self.vectors.ids(CONTENT)
         known = set(self.catalogue_ids)
-        new = [i for i in ids if i not in known]
+        new, vecs = read_content(self.vectors, [i for i in self.vectors.ids(CONTENT) if i not in known])
         if not new:
             return
-        rows = {}
-        for k in range(0, len(new), 2048):
-            rows.update(self.vectors.get(CONTENT, new[k : k + 2048], with_vectors=True))
-        new = [i for i in new if i in rows]
-        vecs = np.stack([rows[i].vector for i in new]).astype(np.float32)
         self.catalogue_raw = vecs if not self.catalogue_ids else np.concatenate([self.catalogue_raw, vecs])
         self.catalogue_ids = self.catalogue_ids + new
 
-    def _new_learner(self, whitening: Whitening, model_cfg: dict | None = None) -> OnlineLearner:
+    def _new_learner(self, features: Features, cfg: TowerConfig | None = None) -> OnlineLearner:
         ms = self.s.model
-        if model_cfg is not None:
-            cfg = TowerConfig(**model_cfg)
-        else:
-            cfg = tower_config(ms, len(self.catalogue_ids), whitening.transform.shape[1])
-        return OnlineLearner(cfg, whitening, ms.lr, ms.weight_decay, ms.seed)
+        cfg = cfg or TowerConfig.from_settings(ms, len(self.catalogue_ids), features.mean.shape[0], features.d_out)
+        return OnlineLearner(cfg, features, ms.lr, ms.weight_decay, ms.seed)
 
     def closed_window(self) -> tuple[float, float] | None:
         """The next window to process, if the watermark has passed its end."""
@@ -289,10 +267,9 @@ class IncrementalTrainer:
             return None
         slot = self.s.state.slot_s
         if self.next_start is None:  # the first window starts at the first slot with data
-            first = self._first_slot()
-            if first is None:
+            self.next_start = self.reader.first_slot()
+            if self.next_start is None:
                 return None
-            self.next_start = first
         if self.ts.window_events > 0:  # close every N applied events, at a slot boundary
             applied = self.reader.counters()["applied"]
             end = watermark // slot * slot
@@ -302,54 +279,29 @@ class IncrementalTrainer:
         end = self.next_start + self.ts.window_s
         return (self.next_start, end) if watermark >= end + self.ts.grace_s else None
 
-    def _first_slot(self) -> float | None:
-        first = None
-        for db in self.reader.dbs.values():
-            for k in db.keys(from_key=b"w/"):
-                if k.startswith(b"w/"):
-                    t = float(int(k[2:14]))
-                    first = t if first is None else min(first, t)
-                break
-        return first
-
-    # -- one window -----------------------------------------------------------------------------
-    def process(self, start: float, end: float) -> WindowResult:
-        t0 = time.perf_counter()
-        ms = self.s.model
+    def read_window(self, start: float, end: float) -> Window:
         self._refresh_catalogue()
         index = {item: i for i, item in enumerate(self.catalogue_ids)}
-        users = self.reader.changed_users(start, end)
+        users = sorted(self.reader.changed_users(start, end))
         seqs = {u: self.reader.sequence(u) or [] for u in users}
-        examples = window_examples(seqs, start, end, index, ms.max_seq_len)
-        note = ""
-        if self.learner is None:
-            if len(self.catalogue_ids) < 2:
-                raise RuntimeError("no content embeddings in the vector store yet: is the encoder worker running?")
-            whitening = Whitening.fit(self.catalogue_raw)
-            self.learner = self._new_learner(whitening)
-            note = "first version: no model to test with"
-        self.learner.set_catalogue(self.catalogue_raw)
-        current_exists = self.registry.current() is not None
-        prequential = self.learner.evaluate(examples) if current_exists else {}
-        popularity = self._popularity_baseline(examples) if current_exists else {}
-        for seq in seqs.values():
-            for e in seq:
-                if start <= e.event_time < end:
-                    self.popularity[e.item_id] = self.popularity.get(e.item_id, 0) + 1
+        examples = window_examples(seqs, start, end, index, self.s.model.max_seq_len)
+        return Window(start, end, index, users, seqs, examples)
 
-        fresh = [training_sequence(seqs[u], end, index, ms.max_seq_len) for u in sorted(users)]
-        train_seqs, held = split_holdout(fresh)
-        n_replay = min(len(self.replay_pool), int(self.ts.replay_ratio * len(users)))
-        replay_users = self.rng.sample(self.replay_pool, n_replay) if n_replay else []
-        for u in replay_users:
-            train_seqs.append(training_sequence(self.reader.sequence(u) or [], end, index, ms.max_seq_len))
-        held_current = self.learner.evaluate(held) if current_exists else {}
+    # -- one window: test, train, gate, publish ------------------------------------------------
+    def process(self, start: float, end: float) -> WindowResult:
+        t0 = time.perf_counter()
+        w = self.read_window(start, end)
+        note = self._ensure_learner()
+        self.learner.set_catalogue(self.catalogue_raw)
+        has_current = self.registry.current() is not None
+        prequential, popularity = self.test(w) if has_current else ({}, {})
+        add_counts(self.popularity, window_items(w.seqs, start, end))
+        train_seqs, held, replay_users = self.training_set(w)
+        held_current = self.learner.evaluate(held) if has_current else {}
         before = self.learner.snapshot()
         train = self.learner.train(train_seqs, self.ts.steps_per_window, self.ts.batch_size, self.ts.max_train_s)
         held_candidate = self.learner.evaluate(held)
-        promote = not current_exists or not held_current or (
-            held_candidate.get("ndcg@10", 0.0) >= held_current.get("ndcg@10", 0.0) - self.ts.promote_margin
-        )
+        promote = gate(held_current if has_current else None, held_candidate, self.ts.promote_margin)
         train_s = time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -367,11 +319,11 @@ class IncrementalTrainer:
         publish_s = time.perf_counter() - t1
 
         known = set(self.replay_pool)
-        self.replay_pool.extend(u for u in sorted(users) if u not in known)
+        self.replay_pool.extend(u for u in w.users if u not in known)
         self.next_start, self.applied_at_close = end, applied
         self.windows_done += 1
         result = WindowResult(
-            window=window["index"], start=start, end=end, events=len(examples), users=len(users),
+            window=window["index"], start=start, end=end, events=len(w.examples), users=len(w.users),
             replay_users=len(replay_users), prequential=prequential, holdout_current=held_current,
             holdout_candidate=held_candidate, train=train, train_s=train_s, publish_s=publish_s,
             version=version.name, promoted=promote, published_at=time.time(),
@@ -381,6 +333,32 @@ class IncrementalTrainer:
             f.write(json.dumps(result.__dict__) + "\n")
         return result
 
+    def _ensure_learner(self) -> str:
+        if self.learner is not None:
+            return ""
+        if len(self.catalogue_ids) < 2:
+            raise RuntimeError("no content embeddings in the vector store yet: is the encoder worker running?")
+        ms = self.s.model
+        self.learner = self._new_learner(Features.fit(self.catalogue_raw, ms.whiten, ms.whiten_dim))
+        return "first version: no model to test with"
+
+    def test(self, w: Window) -> tuple[dict, dict]:
+        """Prequential: the current version, then a popularity ranking of the earlier windows, on the
+        window's events (each given the user's history before it)."""
+        return self.learner.evaluate(w.examples), self._popularity_baseline(w.examples)
+
+    def training_set(self, w: Window) -> tuple[list[list[int]], list[tuple[list[int], int]], list[str]]:
+        """The changed users' sequences cut at the window's end (last event held out) plus a replay
+        sample of earlier users; -> (training sequences, held-out examples, replayed users)."""
+        ms = self.s.model
+        fresh = [training_sequence(w.seqs[u], w.end, w.index, ms.max_seq_len) for u in w.users]
+        train_seqs, held = split_holdout(fresh)
+        n_replay = min(len(self.replay_pool), int(self.ts.replay_ratio * len(w.users)))
+        replay_users = self.rng.sample(self.replay_pool, n_replay) if n_replay else []
+        for u in replay_users:
+            train_seqs.append(training_sequence(self.reader.sequence(u) or [], w.end, w.index, ms.max_seq_len))
+        return train_seqs, held, replay_users
+
     def _popularity_baseline(self, examples: list[tuple[list[int], int]]) -> dict[str, float]:
         """The same prequential test for a popularity ranking of the windows before this one."""
         if not examples:
@@ -388,31 +366,10 @@ class IncrementalTrainer:
         pop = torch.tensor([float(self.popularity.get(i, 0)) for i in self.catalogue_ids])
         return evaluate_examples(lambda hs: pop.expand(len(hs), -1), examples)
 
-    # -- publishing -----------------------------------------------------------------------------
     def publish(self, window: dict, metrics: dict, promote: bool) -> Version:
-        name = self.registry.next_name()
-        stage = self.registry.stage(name)
-        self.learner.save(stage)
-        export_towers(self.learner.model, self.learner.whitening, stage)
-        config = {"version": name, "model": self.learner.model.cfg.to_dict(), "window": window,
-                  "metrics": metrics, "items": len(self.catalogue_ids), "created_at": time.time()}  # fmt: skip
-        (stage / "config.json").write_text(json.dumps(config, indent=2))
-        version = self.registry.commit_version(name)
-        self._pause("after_commit")
-        with torch.no_grad():
-            items = self.learner.model.item_vectors().numpy()
-        self.vectors.ensure_collection(version.collection, items.shape[1])
-        for k in range(0, len(items), 4096):
-            self.vectors.upsert(version.collection, self.catalogue_ids[k : k + 4096], items[k : k + 4096],
-                                model_id=name)  # fmt: skip
-            self._pause("mid_vectors")
-        self.registry.mark_published(name)
-        if promote:
-            self.registry.promote(name)
-        for old in self.registry.prune(self.ts.keep_versions):
-            if self.vectors.has(items_collection(old)):
-                self.vectors.drop(items_collection(old))
-        return version
+        record = {"source": "incremental", "window": window, "metrics": metrics}
+        return self.publisher.publish(self.learner.model, self.catalogue_ids, self.catalogue_raw, record, promote,
+                                      optimizer=self.learner.opt.state_dict())  # fmt: skip
 
     def _pause(self, point: str) -> None:
         """Fault injection for the crash test: sleep at a named point of the publish."""
@@ -425,18 +382,46 @@ class IncrementalTrainer:
         """Process windows as they close, forever (or `max_windows`, or until idle for `idle_exit_s`)."""
         torch.set_num_threads(self.ts.threads)
         self.recover()
-        idle_since = time.monotonic()
         done = 0
         while max_windows is None or done < max_windows:
-            w = self.closed_window()
+            w = wait_for_window(self.closed_window, poll_s, idle_exit_s)
             if w is None:
-                if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
-                    return
-                time.sleep(poll_s)
-                continue
+                return
             yield self.process(*w)
             done += 1
-            idle_since = time.monotonic()
+
+
+def wait_for_window(closed_window, poll_s: float, idle_exit_s: float | None) -> tuple[float, float] | None:
+    """Poll `closed_window()` every `poll_s` until it returns a window, or None after `idle_exit_s`."""
+    waiting = Retrying(
+        retry=retry_if_result(lambda w: w is None), wait=wait_fixed(poll_s), reraise=True,
+        stop=stop_never if idle_exit_s is None else stop_after_delay(idle_exit_s),
+        retry_error_callback=lambda state: None, before_sleep=before_sleep_log(log, logging.DEBUG),
+    )  # fmt: skip
+    return waiting(closed_window)
+
+
+def gate(current: dict | None, candidate: dict, margin: float) -> bool:
+    """Promote the candidate unless it is worse than the current version on the holdout by more than
+    `margin` NDCG@10 (no current version, or nothing held out: promote)."""
+    if not current:
+        return True
+    return candidate.get("ndcg@10", 0.0) >= current.get("ndcg@10", 0.0) - margin
+
+
+def window_items(seqs: dict[str, list[Entry]], start: float, end: float) -> dict[str, int]:
+    """How many events of [start, end) each item has."""
+    out: dict[str, int] = {}
+    for seq in seqs.values():
+        for e in seq:
+            if start <= e.event_time < end:
+                out[e.item_id] = out.get(e.item_id, 0) + 1
+    return out
+
+
+def add_counts(total: dict[str, int], counts: dict[str, int]) -> None:
+    for k, n in counts.items():
+        total[k] = total.get(k, 0) + n
 
 
 def read_windows(path: Path) -> list[dict]:

@@ -4,15 +4,18 @@
     results.json   test metrics (best-validation weights, evaluated once), validation metrics,
                    the per-epoch curve, both baselines, timings, peak memory, the full config
     curve.png      training loss and validation NDCG@10 per epoch
-    checkpoint/    safetensors + JSON (trainer/checkpoint.py)
+    checkpoint/    the model artefact, safetensors + JSON (trainer/checkpoint.py), the same format
+                   as a published version's: `learn model publish RUN_DIR` serves it
 
 Protocol: trainer/evaluation.py (full ranking over all items, history excluded). Early stopping on
 validation NDCG@10; the test split is scored once, at the end, with the best weights.
 
 Content features: the frozen LLM's mean-pooled, L2-normalised vectors, then (settings.model.whiten)
 mean-centred and PCA-whitened on the catalogue (item text only, no interaction data), then
-L2-normalised again. Whitening matters for decoder LLMs: raw SmolLM2 vectors have mean pairwise cosine
-~0.93, so every item looks like every other until the common direction is removed.
+L2-normalised again: the model's own feature step (trainer/towers.py `Features`), fitted here and
+saved with the weights, so the checkpoint is servable as it is (`learn model publish RUN_DIR`).
+Whitening matters for decoder LLMs: raw SmolLM2 vectors have mean pairwise cosine ~0.93, so every
+item looks like every other until the common direction is removed.
 
 Baselines, same protocol, same features:
 - zero-training: user = recency-weighted mean (0.7^age) of the history's feature vectors, cosine;
@@ -51,12 +54,12 @@ import torch
 from tqdm.auto import tqdm
 
 from config.settings import EncoderSettings, ModelSettings, Settings
-from encoder.pooling import Whitening, l2_normalize, mean_pairwise_cosine
+from encoder.pooling import l2_normalize, mean_pairwise_cosine
 from streams.datasets import DatasetSource, resolve
 from trainer.checkpoint import save_checkpoint
 from trainer.data import RecData, load_source
 from trainer.evaluation import evaluate_examples
-from trainer.towers import LEARN, TowerConfig, pad_sequences
+from trainer.towers import LEARN, Features, TowerConfig, pad_sequences
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +86,8 @@ def encode_catalogue(data: RecData, enc: EncoderSettings, settings: Settings, pr
 
 def content_features(raw: np.ndarray, whiten: bool, whiten_dim: int = 0) -> np.ndarray:
     """Raw pooled vectors -> model input features (see the module docstring). (N, d) -> (N, k)."""
-    x = raw
-    if whiten:
-        x = Whitening.fit(raw, dim=whiten_dim or None)(raw)
-    return l2_normalize(x).astype(np.float32)
+    with torch.no_grad():
+        return Features.fit(raw, whiten, whiten_dim)(torch.from_numpy(np.asarray(raw, np.float32))).numpy()
 
 
 # -- baselines ---------------------------------------------------------------------------------
@@ -118,13 +119,24 @@ def evaluate_baselines(data: RecData, features: np.ndarray | None) -> dict:
 
 
 # -- training ----------------------------------------------------------------------------------
-def tower_config(ms: ModelSettings, n_items: int, d_llm: int) -> TowerConfig:
-    return TowerConfig(
-        n_items=n_items, d_llm=d_llm, d_model=ms.d_model, n_layers=ms.n_layers, n_heads=ms.n_heads,
-        d_out=ms.d_out, dropout=ms.dropout, max_seq_len=ms.max_seq_len, item_tower=ms.item_tower,
-        use_id_embedding=ms.use_id_embedding, loss=ms.loss, temperature=ms.temperature,
-        target_window=ms.target_window, max_negatives=ms.max_negatives, dense_weight=ms.dense_weight,
-    )  # fmt: skip
+def build_model(ms: ModelSettings, raw: np.ndarray, features: Features | None = None) -> LEARN:
+    """A fresh model over the catalogue's raw content embeddings (N, d_raw), its feature step fitted
+    on them as the settings say (or `features`, already fitted). Seed the RNG first."""
+    if features is None:
+        features = Features.fit(raw, ms.whiten, ms.whiten_dim)
+    cfg = TowerConfig.from_settings(ms, len(raw), raw.shape[1], features.d_out)
+    return LEARN(cfg, torch.from_numpy(np.asarray(raw, np.float32)), features)
+
+
+def train_step(model: LEARN, opt: torch.optim.Optimizer, seqs: list[list[int]], max_len: int) -> float:
+    """One optimiser step on a batch of training sequences (ids, oldest first); -> the loss."""
+    seq, lens = pad_sequences(seqs, model.pad_id, max_len)
+    loss = model.calculate_loss({"item_seq": seq, "item_seq_len": lens})
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
 
 
 def model_scorer(model: LEARN, max_len: int):
@@ -164,13 +176,13 @@ class TrainOutcome:
 
 
 def train_model(
-    data: RecData, features: np.ndarray, ms: ModelSettings, progress: bool = True
+    data: RecData, raw: np.ndarray, ms: ModelSettings, progress: bool = True, features: Features | None = None
 ) -> TrainOutcome:
-    """Train with early stopping on validation NDCG@10; test once with the best weights."""
+    """Train on raw content embeddings (N, d_raw) with early stopping on validation NDCG@10; test once
+    with the best weights. `features`: the feature step already fitted on `raw` (else fitted here)."""
     t0 = time.perf_counter()
     seed_everything(ms.seed)
-    cfg = tower_config(ms, data.n_items, features.shape[1])
-    model = LEARN(cfg, torch.from_numpy(features))
+    model = build_model(ms, raw, features)
     opt = torch.optim.AdamW(model.parameters(), lr=ms.lr, weight_decay=ms.weight_decay)
     seqs = [s for s in data.train if len(s) >= 2]
     rng = random.Random(ms.seed)
@@ -183,13 +195,7 @@ def train_model(
         model.train()
         total, n = 0.0, 0
         for batch in length_bucketed_batches([len(x) for x in seqs], ms.batch_size, rng):
-            seq, lens = pad_sequences([seqs[j] for j in batch], model.pad_id, ms.max_seq_len)
-            loss = model.calculate_loss({"item_seq": seq, "item_seq_len": lens})
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            total, n = total + loss.item(), n + 1
+            total, n = total + train_step(model, opt, [seqs[j] for j in batch], ms.max_seq_len), n + 1
         valid = evaluate_examples(model_scorer(model, ms.max_seq_len), valid_examples)
         curve.append({"epoch": epoch, "loss": total / max(n, 1), **{f"valid_{k}": v for k, v in valid.items()}})
         if valid["ndcg@10"] > best:
@@ -304,7 +310,7 @@ def _run_loaded(s: Settings, src: DatasetSource, data: RecData, run_dir: Path, m
         "baselines": baselines,
     }
     if model == "learn":
-        out = train_model(data, features, ms, progress)
+        out = train_model(data, raw, ms, progress)  # the model fits its own feature step on raw
         at_cap = stopped_at_epoch_cap(out.curve, out.best_epoch, ms.max_epochs, ms.patience)
         if at_cap:
             log.warning("training stopped at the epoch cap (%d epochs) while validation NDCG@10 was still "

@@ -1,57 +1,127 @@
-"""LEARN's twin towers, read top to bottom: config, attention, MLP, block, the preference
-comprehension module (PCM), then the model that wires the user tower, the item tower and the losses.
+"""LEARN's twin towers, read top to bottom: config, the feature step, attention, MLP, block, the
+preference comprehension module (PCM), the user tower, the item towers (a | b | c), then the model
+that wires them to the losses. This file is the one definition of the model: training, evaluation,
+publishing (trainer/publish.py) and serving (serving/index.py) all call these modules.
 
-Inputs are frozen content embeddings (one row per item, from encoder/), never item ids by default:
-an item nobody has interacted with is scored like any other. Sequences are right-padded with the id
-`n_items` (a zero content row), so causal attention alone keeps real positions from seeing padding.
+Inputs are the encoder's raw content embeddings (one row per item, mean-pooled and L2-normalised LLM
+states), never item ids by default: an item nobody has interacted with is scored like any other.
+The feature step (`Features`: catalogue whitening fitted once per model, then L2) is part of the model
+and of its weights, so a raw vector from the vector store goes through exactly what training saw.
+Sequences are right-padded with the id `n_items` (a zero feature row), so causal attention alone keeps
+real positions from seeing padding.
 
-Item towers (LEARN, Fig. 3):
+Item towers (LEARN, Fig. 3), one small module each, chosen by `TowerConfig.item_tower` in ITEM_TOWERS:
   (a) the PCM itself, same weights, causal attention over the user's target sequence (the window of
       next items during training); a candidate scored alone (serving, evaluation) is the first
       position of its own target sequence, which is (b)'s computation;
   (b) the PCM, same weights, one item at a time (a sequence of length 1);
-  (c) the raw content embedding, through a linear projection only because d_llm != d_out.
+  (c) the content features, through a linear projection only because d_llm != d_out.
 Under a next-item loss the target window is one item, where (a) computes what (b) computes; the dense
 losses (alone, or as an auxiliary term with `dense_weight`) are where the three towers differ.
+A new variant is one module here (forward + windows) plus its entry in ITEM_TOWERS and a test.
 
 Every model answers RecBole's three calls, so trainer and evaluator never know which one they drive:
   calculate_loss(batch) -> scalar;  predict(batch) -> (B,);  full_sort_predict(batch) -> (B, N).
 A batch is a dict: "item_seq" (B, T) right-padded ids, "item_seq_len" (B,), and for predict
 "test_item" (B,). For calculate_loss, item_seq is a user's training sequence and every position is
-an anchor that predicts what follows it.
+an anchor that predicts what follows it. Serving calls the raw-input pair instead:
+  encode_items(raw (N, d_raw)) -> (N, d_out);  encode_users(raw (B, T, d_raw), lengths (B,)) -> (B, d_out).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from config.settings import ModelSettings
 from trainer import losses
 
 
 @dataclass
 class TowerConfig:
+    """The model's shape and loss. Every field but the three widths comes from
+    config.settings.ModelSettings (`from_settings`), whose defaults these repeat (a test keeps them equal)."""
+
     n_items: int = 4385
-    d_llm: int = 576  # width of the content embeddings fed in
+    d_llm: int = 576  # width of the features fed to the towers (d_raw, or fewer principal components)
+    d_raw: int = 0  # width of the encoder's raw content embeddings, the feature step's input (0: d_llm)
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 2
     d_out: int = 64
     dropout: float = 0.2
     max_seq_len: int = 50
-    item_tower: str = "a"  # a | b | c
+    item_tower: str = "a"  # a | b | c (ITEM_TOWERS)
     use_id_embedding: bool = False
-    loss: str = "dense_all_action"  # dense_all_action | dense_full | in_batch | full_softmax
+    loss: str = "full_softmax"  # full_softmax | dense_all_action | dense_full | in_batch
     temperature: float = 0.07
     target_window: int = 5
     max_negatives: int = 1024  # in-batch negatives per anchor (a random pool when the batch has more)
     dense_weight: float = 0.0  # > 0: add this times the dense all-action loss to a next-item loss
 
+    def __post_init__(self) -> None:
+        self.d_raw = self.d_raw or self.d_llm
+
+    @classmethod
+    def from_settings(cls, ms: ModelSettings, n_items: int, d_raw: int, d_llm: int | None = None) -> "TowerConfig":
+        """The config of a model over `n_items` raw vectors of width `d_raw` (features `d_llm` wide)."""
+        shared = {f.name: getattr(ms, f.name) for f in fields(cls) if hasattr(ms, f.name)}
+        return cls(**shared, n_items=n_items, d_raw=d_raw, d_llm=d_llm or d_raw)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TowerConfig":
+        """Read back `to_dict` (unknown keys ignored; a config without `d_raw` had d_raw == d_llm)."""
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def fit_whitening(raw: np.ndarray, dim: int | None = None, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Mean-centring + PCA-whitening fitted on the catalogue: (mean (d,), W (d, k)) with
+    W = V diag(1/sqrt(eigval + eps)), the top `dim` components (None: all). Mean-pooled decoder states
+    are very anisotropic (SmolLM2: mean pairwise cosine ~0.93 on this catalogue), so every cosine is
+    close to 1 until the common direction is removed."""
+    x = np.asarray(raw, dtype=np.float64)
+    mean = x.mean(0)
+    cov = np.cov(x - mean, rowvar=False)  # (d, d)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1][: dim or len(eigval)]
+    eigval, eigvec = np.clip(eigval[order], 0.0, None), eigvec[:, order]
+    return mean.astype(np.float32), (eigvec / np.sqrt(eigval + eps)[None, :]).astype(np.float32)
+
+
+class Features(nn.Module):
+    """The feature step: raw content embeddings -> (x - mean) @ W -> L2. (..., d_raw) -> (..., d_llm).
+    Not trained; fitted once per model (`fit`) and saved with its weights. Identity W = no whitening."""
+
+    def __init__(self, d_raw: int, d_llm: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(d_raw))  # (d_raw,)
+        self.register_buffer("transform", torch.eye(d_raw, d_llm))  # (d_raw, d_llm)
+
+    @classmethod
+    def fit(cls, raw: np.ndarray, whiten: bool = True, dim: int = 0) -> "Features":
+        """Whitening fitted on the catalogue's raw vectors (N, d_raw); `whiten=False`: L2 only."""
+        d_raw = raw.shape[1]
+        if not whiten:
+            return cls(d_raw, d_raw)
+        mean, transform = fit_whitening(raw, dim or None)
+        f = cls(d_raw, transform.shape[1])
+        f.mean.copy_(torch.from_numpy(mean))
+        f.transform.copy_(torch.from_numpy(transform))
+        return f
+
+    @property
+    def d_out(self) -> int:
+        return int(self.transform.shape[1])
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return F.normalize((raw - self.mean) @ self.transform, dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -130,23 +200,76 @@ class PreferenceComprehension(nn.Module):
         return self.out_proj(self.ln_f(x))  # (B, T, d_out)
 
 
-class LEARN(nn.Module):
-    """User tower + item tower (a | b | c) + loss, over a fixed table of content embeddings."""
+class UserTower(nn.Module):
+    """The PCM read at the user's last real position. Holds no weights of its own: the PCM is shared
+    with item towers (a) and (b), so it is passed in."""
 
-    def __init__(self, cfg: TowerConfig, content: torch.Tensor):
+    def forward(self, pcm: PreferenceComprehension, x: torch.Tensor, lengths: torch.Tensor,
+                ids: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """x (B, T, d_llm) right-padded features, lengths (B,) -> (B, d_out) L2-normalised."""
+        states = F.normalize(pcm(x, ids), dim=-1)  # (B, T, d_out)
+        idx = (lengths - 1).clamp_min(0).view(-1, 1, 1).expand(-1, 1, states.size(-1))
+        return states.gather(1, idx).squeeze(1)
+
+
+class SingleItemTower(nn.Module):
+    """(b): the PCM over a sequence of one item. Candidates in a target window are scored alone."""
+
+    contextual = False  # window items are independent: LEARN scores each distinct item once
+
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()  # no weights of its own: the user tower's PCM is passed in
+
+    def forward(self, pcm: PreferenceComprehension, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x (N, d_llm), ids (N,) -> (N, d_out) L2-normalised."""
+        out = pcm(x.unsqueeze(1), None if ids is None else ids.unsqueeze(1))  # (N, 1, d_out)
+        return F.normalize(out.squeeze(1), dim=-1)
+
+
+class ContextualItemTower(SingleItemTower):
+    """(a): the PCM over the target window, causally; alone, an item is (b)'s one-item sequence."""
+
+    contextual = True
+
+    def windows(self, pcm: PreferenceComprehension, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """x (M, W, d_llm), ids (M, W) -> (M, W, d_out): each item after the window's earlier items."""
+        return F.normalize(pcm(x, ids), dim=-1)
+
+
+class ContentItemTower(nn.Module):
+    """(c): the content features themselves, projected only when the widths differ; no ID term."""
+
+    contextual = False
+
+    def __init__(self, cfg: TowerConfig):
         super().__init__()
-        assert content.shape == (cfg.n_items, cfg.d_llm), (content.shape, cfg)
+        self.proj = nn.Linear(cfg.d_llm, cfg.d_out, bias=False) if cfg.d_llm != cfg.d_out else nn.Identity()
+
+    def forward(self, pcm: PreferenceComprehension, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(self.proj(x), dim=-1)  # (N, d_out)
+
+
+ITEM_TOWERS = {"a": ContextualItemTower, "b": SingleItemTower, "c": ContentItemTower}  # TowerConfig.item_tower
+
+
+class LEARN(nn.Module):
+    """Features + user tower + item tower + loss, over a table of the catalogue's features."""
+
+    def __init__(self, cfg: TowerConfig, raw: torch.Tensor | None = None, features: Features | None = None):
+        super().__init__()
+        if cfg.item_tower not in ITEM_TOWERS:
+            raise ValueError(f"unknown item tower {cfg.item_tower!r}: one of {sorted(ITEM_TOWERS)}")
         self.cfg = cfg
+        self.features = features if features is not None else Features(cfg.d_raw, cfg.d_llm)
+        assert (self.features.mean.shape[0], self.features.d_out) == (cfg.d_raw, cfg.d_llm), cfg
         self.pcm = PreferenceComprehension(cfg)
-        self.item_proj = (
-            nn.Linear(cfg.d_llm, cfg.d_out, bias=False)
-            if cfg.item_tower == "c" and cfg.d_llm != cfg.d_out
-            else None
-        )
-        # (N + 1, d_llm): the last row is the padding item. Not a parameter, not saved.
-        pad = torch.zeros(1, cfg.d_llm, dtype=content.dtype)
-        self.register_buffer("content", torch.cat([content.float(), pad]), persistent=False)
+        self.user_tower = UserTower()
+        self.item_tower = ITEM_TOWERS[cfg.item_tower](cfg)
+        # (N + 1, d_llm) features of the catalogue; the last row is the padding item. Not saved.
+        self.register_buffer("content", torch.zeros(1, cfg.d_llm), persistent=False)
         self.apply(self._init)
+        if raw is not None:
+            self.set_catalogue(raw)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -157,38 +280,52 @@ class LEARN(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
 
+    def set_catalogue(self, raw: torch.Tensor) -> None:
+        """The catalogue the ids index: raw content embeddings (N, d_raw) -> the feature table."""
+        with torch.no_grad():
+            feats = self.features(torch.as_tensor(raw, dtype=torch.float32))  # (N, d_llm)
+        self.content = torch.cat([feats, torch.zeros(1, feats.shape[1])])
+        self.cfg.n_items = feats.shape[0]
+
     @property
     def pad_id(self) -> int:
         return self.cfg.n_items
 
-    # -- towers --------------------------------------------------------------------------------
+    # -- towers over raw content (what serving and publishing call) ---------------------------
+    def encode_items(self, raw: torch.Tensor) -> torch.Tensor:
+        """(N, d_raw) raw content embeddings -> (N, d_out) item vectors, L2-normalised."""
+        return self.item_tower(self.pcm, self.features(raw))
+
+    def encode_users(self, raw_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, d_raw) right-padded raw histories (any values in the padding), (B,) lengths >= 1
+        -> (B, d_out) user vectors, L2-normalised."""
+        B, T, _ = raw_seq.shape
+        real = torch.arange(T, device=raw_seq.device).view(1, T) < lengths.view(B, 1)  # (B, T)
+        x = self.features(raw_seq) * real.unsqueeze(-1)  # padding = zero features, as in training
+        return self.user_tower(self.pcm, x, lengths)
+
+    # -- towers over catalogue ids (training, evaluation) -------------------------------------
     def sequence_states(self, item_seq: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, d_out) L2-normalised user vectors at every position."""
         return F.normalize(self.pcm(self.content[item_seq], item_seq), dim=-1)
 
     def user_vectors(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """(B, T), (B,) -> (B, d_out): the output at the last real position."""
-        states = self.sequence_states(item_seq)  # (B, T, d_out)
-        idx = (item_seq_len - 1).clamp_min(0).view(-1, 1, 1).expand(-1, 1, states.size(-1))
-        return states.gather(1, idx).squeeze(1)
+        return self.user_tower(self.pcm, self.content[item_seq], item_seq_len, item_seq)
 
     def item_vectors(self, content: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Context-free item vectors, (N, d_llm) -> (N, d_out), L2-normalised. With no argument, the
-        whole catalogue. This is what serving puts in the vector store."""
+        """Context-free item vectors of features (N, d_llm) -> (N, d_out), L2-normalised. With no
+        argument, the whole catalogue."""
         if content is None:
             content, ids = self.content[: self.cfg.n_items], torch.arange(self.cfg.n_items, device=self.content.device)
-        if self.cfg.item_tower == "c":
-            v = self.item_proj(content) if self.item_proj is not None else content  # no ID term
-            return F.normalize(v, dim=-1)
-        out = self.pcm(content.unsqueeze(1), None if ids is None else ids.unsqueeze(1))  # (N, 1, d_out)
-        return F.normalize(out.squeeze(1), dim=-1)
+        return self.item_tower(self.pcm, content, ids)
 
     def window_vectors(self, window_ids: torch.Tensor) -> torch.Tensor:
         """Item-tower vectors of target windows. (M, W) ids (-1 = none) -> (M, W, d_out)."""
-        ids = window_ids.clamp_min(0)
-        if self.cfg.item_tower == "a":  # causal attention over each target window
+        if self.item_tower.contextual:  # each item read after the window's earlier items
             safe = torch.where(window_ids >= 0, window_ids, torch.full_like(window_ids, self.pad_id))
-            return F.normalize(self.pcm(self.content[safe], safe), dim=-1)
+            return self.item_tower.windows(self.pcm, self.content[safe], safe)
+        ids = window_ids.clamp_min(0)
         M, W = ids.shape
         uniq, inverse = torch.unique(ids, return_inverse=True)
         v = self.item_vectors(self.content[uniq], uniq)  # (U, d_out)
@@ -248,6 +385,7 @@ class LEARN(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
 
 
 def pad_sequences(seqs: list[list[int]], pad_id: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,3 +48,31 @@ def state_settled(reader: StateReader, expected: int):
         return (c["applied"] + c["duplicate"] + c["late_dropped"]) >= expected
 
     return check
+
+
+
+def produce_acked(sends: list, rounds: int = 5) -> int:
+    """Produce (client, topic, key, value) records, the client a kafka-python KafkaProducer or a
+    confluent-kafka Producer, until the broker acknowledged each one: a producer with retries, at
+    least once (the state's event-id dedup absorbs a repeat). Returns how many were sent again."""
+    pending, repeated = list(range(len(sends))), 0
+    for _ in range(rounds):
+        acked: set[int] = set()
+        futures = []
+        for i in pending:
+            client, topic, key, value = sends[i]
+            if hasattr(client, "produce"):  # confluent-kafka
+                client.produce(topic, key=key, value=value,
+                               on_delivery=lambda err, msg, i=i: err is None and acked.add(i))  # fmt: skip
+                client.poll(0)
+            else:
+                futures.append((i, client.send(topic, key=key, value=value)))
+        for client in {id(sends[i][0]): sends[i][0] for i in pending}.values():
+            client.flush(60)
+        acked.update(i for i, f in futures if f.succeeded())
+        failed = [i for i in pending if i not in acked]
+        if not failed:
+            return repeated
+        repeated += len(failed)
+        pending = failed
+    raise AssertionError(f"{len(pending)} records not acknowledged after {rounds} rounds")

@@ -14,14 +14,15 @@ import pytest
 import torch
 import uvicorn
 
+from bench.seed import publish_version, random_unit, write_catalogue, write_sequences
 from config import load_settings
 from deploy.broker import free_port
 from serving.api import create_app
 from serving.client import fetch_recommendations
 from serving.schemas import ErrorBody
-from serving.seed import publish_version, random_unit, write_catalogue, write_sequences
 from store.registry import ModelRegistry
 from store.vectors import CONTENT, VectorStore
+from trainer.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -201,7 +202,7 @@ def test_the_api_follows_new_users_new_items_and_deletions(deployment):
 
         # a new item, written the encoder worker's way: content, then the current version's vectors
         version = ModelRegistry(settings.registry_path).current()
-        tower = torch.jit.load(str(version.item_tower_path))
+        tower = load_checkpoint(version.path)[0].encode_items  # the model artefact, as the publisher wrote it
         fresh = random_unit(1, D, seed=7)
         store.upsert(CONTENT, ["fresh"], fresh)
         with torch.no_grad():
@@ -236,6 +237,9 @@ def test_versions_switch_under_load_without_failed_requests(deployment):
         wait_for(lambda: len(seen) > 20, 10)
         v2 = publish_version(settings, store, IDS, content, seed=1)  # stage, fill, mark published, promote
         wait_for(lambda: seen[-1] == v2.name, 30)
+        # the ten answers after the switch, checked below, all come before the rollback (a loaded
+        # machine answers few requests per poll interval)
+        wait_for(lambda: len(seen) - seen.index(v2.name) > 10, 30)
         ModelRegistry(settings.registry_path).promote("v000001")  # and a rollback, still under load
         wait_for(lambda: seen[-1] == "v000001", 30)
         n = len(seen)

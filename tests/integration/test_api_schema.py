@@ -17,10 +17,10 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                status_code_conformance)  # fmt: skip
 
+from bench.seed import publish_version, random_unit, write_catalogue, write_sequences
 from config import load_settings
 from deploy.broker import free_port
 from serving.api import create_app
-from serving.seed import publish_version, random_unit, write_catalogue, write_sequences
 from store.vectors import VectorStore
 from tests.integration.test_api import D, IDS, N, SEQUENCES, Api
 

@@ -93,7 +93,12 @@ def test_state_is_exact_after_random_kills_and_rebalances(settings, tmp_path):
         produced.set()
 
     kills = 0
+    # A memory-engine Tansu of its own: the suite's s3-engine broker fails concurrent produce requests to
+    # one partition (ObjectStore AlreadyExists), and three producers plus two workers' forwards race here.
+    b = settings.broker.model_copy(update={"storage": "memory", "port": free_port(), "bootstrap_servers": ""})
+    settings = settings.model_copy(update={"broker": b})
     with Stack(settings, tmp_path / "run") as stack:
+        stack.start_broker()
         stack.create_topics()
         for name in WORKERS:
             stack.start_worker(name, free_port(), module="streams.interaction_worker")

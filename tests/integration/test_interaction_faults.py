@@ -4,7 +4,6 @@ letters, a topic recreated under the worker and a memory broker that restarts em
 
 import re
 import time
-import uuid
 
 import httpx
 import pytest
@@ -18,7 +17,7 @@ from streams.producer import EventProducer
 from streams.repartition import canonical_partition
 from streams.schemas import Interaction, encode
 from streams.topics import ensure_topics, topic_specs
-from tests.integration.helpers import dead_letters, wait_for
+from tests.integration.helpers import dead_letters, produce_acked, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +51,15 @@ def worker_metric(port: int, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M))
 
 
+def memory_broker(settings):
+    """These settings with a memory-engine Tansu of their own (the test starts it). Tansu's s3 engine,
+    the suite's shared broker, fails concurrent produce requests to one partition (ObjectStore
+    AlreadyExists on the batch's path; the client sees UnknownError) and cannot delete topics (its
+    S3 server refuses the delete request): these tests need both."""
+    b = settings.broker.model_copy(update={"storage": "memory", "port": free_port(), "bootstrap_servers": ""})
+    return settings.model_copy(update={"broker": b})
+
+
 def confluent(settings) -> ConfluentProducer:
     return ConfluentProducer({"bootstrap.servers": settings.broker.bootstrap})  # default partitioner
 
@@ -62,25 +70,27 @@ def test_foreign_partitioners_keyless_records_and_tombstones(settings, tmp_path)
     evs = events(n_users=24, per_user=9, tag="p")
     t = settings.topics.interactions
     # idle partitions are probed every second: intact logs must never count as regressed
+    settings = memory_broker(settings)
     settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"regression_probe_s": 1.0})})
     port = free_port()
     with Stack(settings, tmp_path / "run") as stack:
+        stack.start_broker()
         stack.create_topics()
         stack.start_worker("interactions", port)
         cp = confluent(settings)
-        with EventProducer(settings) as kp:
+        with EventProducer(settings) as ep:
+            kp, sends = ep.producer, []
             for i, ev in enumerate(evs):
                 kind = i % 3
                 if kind == 0:  # librdkafka: CRC32 of the key
-                    cp.produce(t, key=ev.user_id.encode(), value=encode(ev))
+                    sends.append((cp, t, ev.user_id.encode(), encode(ev)))
                 elif kind == 1:  # no key at all
-                    kp.send_raw(t, None, encode(ev))
+                    sends.append((kp, t, None, encode(ev)))
                 else:  # kafka-python: murmur2 of the key
-                    kp.send_interaction(ev)
-                if i == 50:
-                    kp.send_raw(t, b"u1", None)  # tombstones, one through each client
-                    cp.produce(t, key=b"u2", value=None)
-        cp.flush(30)
+                    sends.append((kp, t, ev.user_id.encode(), encode(ev)))
+                if i == 50:  # tombstones, one through each client
+                    sends += [(kp, t, b"u1", None), (cp, t, b"u2", None)]
+            produce_acked(sends)
         expected = {}
         for ev in evs:
             expected.setdefault(ev.user_id, []).append(ev.event_id)
@@ -150,8 +160,10 @@ def produce_and_wait(settings, evs, reader, expected_total):
 
 def test_a_topic_recreated_under_a_running_worker_is_consumed_again(settings, tmp_path):
     first, second = events(8, 5, "old"), events(8, 3, "new")  # the new log is shorter than the old one
+    settings = memory_broker(settings)
     port = free_port()
     with Stack(settings, tmp_path / "run") as stack:
+        stack.start_broker()
         stack.create_topics()
         stack.start_worker("interactions", port)
         reader = StateReader(settings.state_path, settings.topics.interactions)
@@ -169,14 +181,11 @@ def test_a_topic_recreated_under_a_running_worker_is_consumed_again(settings, tm
 
 
 def test_a_memory_broker_restarting_empty_under_a_running_worker(settings, tmp_path):
-    own = settings.model_copy(update={
-        "broker": settings.broker.model_copy(update={"port": free_port()}),
-        "worker": settings.worker.model_copy(update={"app_prefix": f"learn-{uuid.uuid4().hex[:8]}"}),
-    })  # fmt: skip
+    own = memory_broker(settings)  # a restart of the memory engine starts every log at offset 0 again
     first, second = events(8, 6, "before"), events(8, 4, "after")
     port = free_port()
     with Stack(own, tmp_path / "run") as stack:
-        stack.start_broker()  # Tansu, memory:// engine: a restart starts every log at offset 0 again
+        stack.start_broker()
         stack.create_topics()
         stack.start_worker("interactions", port)
         reader = StateReader(own.state_path, own.topics.interactions)
@@ -184,6 +193,7 @@ def test_a_memory_broker_restarting_empty_under_a_running_worker(settings, tmp_p
         stack.stop("broker")
         time.sleep(1.0)
         stack.start_broker()
+        assert set(stack.procs) == {"broker", "interactions"}  # the memory engine: no S3 server
         stack.create_topics()
         produce_and_wait(own, second, reader, 80)
         assert all(len(seq) == 10 for seq in stored(reader).values())

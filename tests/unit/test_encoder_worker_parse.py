@@ -11,8 +11,9 @@ import pytest
 import encoder.worker as worker
 from config import load_settings
 from encoder.content import ContentEncoder
-from encoder.worker import PROBE, Pipeline, batch_or_each, parse_batch
+from encoder.worker import MAX_LETTER_BYTES, PROBE, Pipeline, batch_or_each, parse_batch
 from store.vectors import VectorStore
+from streams.schemas import encode
 
 SETTINGS = load_settings()
 
@@ -48,7 +49,7 @@ def test_a_null_value_without_a_key_is_dead_lettered_and_the_rest_of_the_batch_i
     assert len(batch.upserts) == 10 and not batch.deletes
     (x,) = batch.rejected
     assert "null value" in x.reason and "without a key" in x.reason
-    assert (x.offset, x.partition, x.payload, x.payload_bytes, x.key) == (99, 2, "", 0, None)
+    assert (x.offset, x.partition, x.payload, x.payload_bytes, x.key, x.null_value) == (99, 2, "", 0, None, True)
 
 
 @pytest.mark.parametrize("key, needle", [
@@ -107,7 +108,7 @@ def test_batch_or_each_refuses_only_the_inputs_that_fail_alone():
 
     done, failed = batch_or_each(fn, ["a", "bad", "c"], "encoding")
     assert done == {0: "A", 2: "C"}
-    assert list(failed) == [1] and failed[1].startswith("encoding failed: ValueError: cannot read bad")
+    assert list(failed) == [1] and failed[1].startswith("encoding: unexpected ValueError") and "cannot read bad" in failed[1]
 
 
 def test_batch_or_each_raises_when_the_probe_fails_too():
@@ -135,3 +136,17 @@ def test_importing_the_worker_builds_no_model_store_or_executor():
              if isinstance(v, (Pipeline, ContentEncoder, VectorStore, ThreadPoolExecutor))]  # fmt: skip
     assert built == []
     assert worker.pipeline.cache_info().currsize == 0 and worker.executor.cache_info().currsize == 0
+
+
+@pytest.mark.parametrize("raw", [
+    b"\x01" * 3_000_000,  # valid UTF-8, not JSON: each byte is 6 bytes of JSON text (\\u0001)
+    b"\xff" * 3_000_000,  # not UTF-8: each byte is an escape \\xff
+    json.dumps({"item_id": "many", "title": "t", "event_time": 1700000000,
+                "attributes": {f"a{i}": i for i in range(200_000)}}).encode(),  # 200k field errors
+])  # fmt: skip
+def test_every_dead_letter_fits_what_the_producer_can_send(raw):
+    """A letter over the producer's limit could never be sent, and a record that cannot be dead-lettered
+    stops the worker: every letter is cut to MAX_LETTER_BYTES, keeping the record's real size."""
+    (x,) = parse_batch([event(raw, b"k" * 100, 5)], SETTINGS).rejected
+    assert len(encode(x)) + len(x.key) <= MAX_LETTER_BYTES and x.payload_bytes == len(raw) and x.payload
+    assert x.reason and x.payload_truncated

@@ -8,7 +8,7 @@ import pytest
 
 import streams.repartition as rp
 from streams.repartition import Resume, canonical_partition, check_resume, fingerprint, route
-from streams.schemas import Interaction, decode_interaction, encode
+from streams.schemas import MAX_DLQ_PAYLOAD_BYTES, Interaction, decode_interaction, encode
 
 NOW = time.time()
 
@@ -45,6 +45,8 @@ def test_a_batch_is_split_into_applied_forwarded_and_dead_lettered_records():
     null, bad = out.letters
     assert null.null_value and null.payload == "" and "tombstone" in null.reason and null.offset == 12
     assert "malformed JSON" in bad.reason and bad.offset == 13
+    huge = route([rec(0, b"{" + b"x" * (MAX_DLQ_PAYLOAD_BYTES * 2))], "interactions", 0, 4).letters[0]
+    assert huge.payload_truncated and len(huge.payload) == MAX_DLQ_PAYLOAD_BYTES
 
 
 def test_any_exception_on_one_record_dead_letters_it_and_the_batch_goes_on(monkeypatch):

@@ -97,6 +97,8 @@ def test_dead_letter_of_a_tombstone_and_of_a_huge_record():
     x = dead_letter(None, RecordError("null value"), "interactions", 0, 7, b"u1")
     assert (x.payload, x.payload_bytes, x.null_value, x.key) == ("", 0, True, "u1")
     huge = b"x" * (MAX_DLQ_PAYLOAD_BYTES + 10)
-    y = dead_letter(huge, RecordError("too big"), "interactions")
+    y = dead_letter(huge, RecordError("too big"), "interactions", max_payload=MAX_DLQ_PAYLOAD_BYTES)
     assert len(y.payload) == MAX_DLQ_PAYLOAD_BYTES and y.payload_truncated and y.payload_bytes == len(huge)
     assert not y.null_value
+    whole = dead_letter(huge, RecordError("too big"), "items")  # no limit given: the whole payload
+    assert len(whole.payload) == len(huge) and not whole.payload_truncated

@@ -12,7 +12,7 @@ from serving.batching import MicroBatcher
 from serving.content import ContentCache
 from serving.index import ItemIndex, ModelSnapshot
 from serving.recommend import Job, count_popularity, rank_in_memory, user_vectors
-from serving.seed import random_unit
+from bench.seed import random_unit
 from store.state import Entry
 
 
@@ -60,23 +60,21 @@ def test_with_changes_upserts_appends_and_deletes_without_touching_the_original(
     assert torch.equal(index.vectors, before) and len(index) == 5  # immutable: requests in flight keep theirs
 
 
-def tiny_snapshot(tmp_path, n=30, d_raw=16):
-    from trainer.export import export_towers, load_tower
+def tiny_snapshot(n=30, d_raw=16):
     from trainer.towers import LEARN, TowerConfig
 
     torch.manual_seed(0)
     content = random_unit(n, d_raw)
     cfg = TowerConfig(n_items=n, d_llm=d_raw, d_model=8, n_layers=1, n_heads=2, d_out=8, max_seq_len=10)
-    model = LEARN(cfg, torch.from_numpy(content)).eval()
-    item_path, user_path = export_towers(model, None, tmp_path)
+    model = LEARN(cfg).eval()
     with torch.no_grad():
-        items = load_tower(item_path)(torch.from_numpy(content)).numpy()
+        items = model.encode_items(torch.from_numpy(content)).numpy()
     index = ItemIndex.build([f"i{j}" for j in range(n)], items, np.zeros(n))
-    return ModelSnapshot("v1", "items_v1", load_tower(user_path), index, time.time(), 10), content
+    return ModelSnapshot("v1", "items_v1", model, index, time.time(), 10), content
 
 
 def test_a_batch_ranks_each_job_as_if_it_were_alone(tmp_path):
-    snap, content = tiny_snapshot(tmp_path)
+    snap, content = tiny_snapshot()
     jobs = [Job(5, {"i1", "i2"}, history=content[[1, 2]]), Job(3, {"i4"}, item_id="i4"),
             Job(4, set(), history=content[[7, 3, 9, 11, 0]]), Job(2, set(), item_id="missing")]  # fmt: skip
     together = rank_in_memory(snap, jobs)
@@ -91,11 +89,11 @@ def test_a_batch_ranks_each_job_as_if_it_were_alone(tmp_path):
 
 
 def test_user_vectors_ignore_padding(tmp_path):
-    snap, content = tiny_snapshot(tmp_path)
+    snap, content = tiny_snapshot()
     short, long = content[[1, 2]], content[[3, 4, 5, 6, 7]]
-    both = user_vectors(snap.user_tower, [short, long])
-    assert torch.allclose(both[0], user_vectors(snap.user_tower, [short])[0], atol=1e-5)
-    assert torch.allclose(both[1], user_vectors(snap.user_tower, [long])[0], atol=1e-5)
+    both = user_vectors(snap.model, [short, long])
+    assert torch.allclose(both[0], user_vectors(snap.model, [short])[0], atol=1e-5)
+    assert torch.allclose(both[1], user_vectors(snap.model, [long])[0], atol=1e-5)
 
 
 class FakeStore:

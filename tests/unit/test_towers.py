@@ -51,8 +51,7 @@ def test_item_towers():
     assert not torch.allclose(va[0, 1], va[1, 1])  # item 4 after 3 differs from item 4 after 5
     assert torch.allclose(vb[0, 1], vb[1, 1])
     # (c) is the content embedding through a linear projection (dims differ), no transformer
-    assert c.item_proj is not None
-    expect = torch.nn.functional.normalize(c.content[:20] @ c.item_proj.weight.T, dim=-1)
+    expect = torch.nn.functional.normalize(c.content[:20] @ c.item_tower.proj.weight.T, dim=-1)
     assert torch.allclose(c.item_vectors(), expect, atol=1e-6)
 
 
@@ -71,3 +70,58 @@ def test_dense_weight_adds_the_dense_loss_where_towers_a_and_b_differ():
     assert (dense_a - dense_b).abs() > 1e-6  # (a)'s window vectors are contextual (small at init)
     dense_only = make("a", "dense_all_action").calculate_loss(batch)
     assert torch.allclose(dense_a, plain_a + 0.5 * dense_only, atol=1e-5)
+
+
+def test_config_defaults_are_the_settings_defaults():
+    from dataclasses import fields
+
+    from config.settings import ModelSettings
+
+    ms, cfg = ModelSettings(), TowerConfig()
+    shared = [f.name for f in fields(TowerConfig) if f.name in ModelSettings.model_fields]
+    assert len(shared) >= 12 and "loss" in shared
+    assert {n: getattr(cfg, n) for n in shared} == {n: getattr(ms, n) for n in shared}
+    built = TowerConfig.from_settings(ms.model_copy(update={"item_tower": "c", "dropout": 0.1}), 7, 16, 12)
+    assert (built.item_tower, built.dropout, built.n_items, built.d_raw, built.d_llm) == ("c", 0.1, 7, 16, 12)
+    assert TowerConfig.from_dict({**built.to_dict(), "unknown": 1}) == built
+
+
+def test_features_whiten_then_normalise():
+    import numpy as np
+
+    from trainer.towers import Features
+
+    rng = np.random.default_rng(0)
+    raw = (rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6)) + 2.0).astype(np.float32)
+    f = Features.fit(raw)
+    centred = (torch.from_numpy(raw) - f.mean) @ f.transform
+    cov = np.cov(centred.numpy(), rowvar=False)
+    assert np.allclose(cov, np.eye(6), atol=1e-3)  # decorrelated, unit variance
+    out = f(torch.from_numpy(raw))
+    assert torch.allclose(out.norm(dim=-1), torch.ones(500), atol=1e-5)
+    assert Features.fit(raw, dim=3)(torch.from_numpy(raw)).shape == (500, 3)
+    plain = Features.fit(raw, whiten=False)(torch.from_numpy(raw))  # L2 only
+    assert torch.allclose(plain, torch.nn.functional.normalize(torch.from_numpy(raw), dim=-1))
+
+
+@pytest.mark.parametrize("tower", ["a", "b", "c"])
+def test_raw_input_towers_compute_what_training_computes(tower):
+    import numpy as np
+
+    from trainer.towers import Features
+
+    torch.manual_seed(0)
+    raw = np.random.default_rng(1).normal(size=(20, 16)).astype(np.float32) + 1.0
+    feats = Features.fit(raw, dim=12)
+    cfg = TowerConfig(n_items=20, d_raw=16, d_llm=12, d_model=8, n_heads=2, d_out=6, max_seq_len=10, item_tower=tower)
+    m = LEARN(cfg, torch.from_numpy(raw), feats).eval()
+    with torch.no_grad():
+        assert torch.allclose(m.encode_items(torch.from_numpy(raw)), m.item_vectors(), atol=1e-5)
+        seq, lens = pad_sequences([[1, 2, 3], [4], [5, 6, 7, 8, 9]], m.pad_id, 10)
+        raw_seq = torch.from_numpy(raw)[seq.clamp_max(19)]  # padding positions hold arbitrary rows
+        assert torch.allclose(m.encode_users(raw_seq, lens), m.user_vectors(seq, lens), atol=1e-5)
+
+
+def test_unknown_item_tower_is_refused():
+    with pytest.raises(ValueError, match="item tower"):
+        LEARN(TowerConfig(n_items=3, d_llm=4, d_model=4, n_heads=1, d_out=4, item_tower="z"))

@@ -1,5 +1,7 @@
-"""store/vectors.py on a real milvus-lite file: upserts, deletes, search with exclusions, and the
-one-process-per-file design (host + guests over loopback gRPC, re-opening after the host is killed)."""
+"""store/vectors.py on a real milvus-lite file AND a real Milvus server (tests/milvus_server.py):
+upserts, deletes, search with exclusions; the one-process-per-file design of milvus-lite (host +
+guests over loopback gRPC, re-opening after the host is killed); a server restart (collections
+released until loaded)."""
 
 import json
 import signal
@@ -12,6 +14,7 @@ import pytest
 
 import store.vectors as vectors_module
 from store.vectors import CONTENT, VectorStore, items_collection
+from tests.milvus_server import drop_all
 
 ODD_IDS = ['a"quote', "back\\slash", "ünï-ç", "space d", "x" * 128]
 
@@ -20,9 +23,14 @@ def unit(rows: np.ndarray) -> np.ndarray:
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
-@pytest.fixture
-def store(tmp_path):
-    with VectorStore(tmp_path / "vectors.db") as s:
+@pytest.fixture(params=["lite", "server"])
+def store(request, tmp_path):
+    """An empty store: a milvus-lite file, or the test run's Milvus server emptied."""
+    uri = tmp_path / "vectors.db"
+    if request.param == "server":
+        uri = request.getfixturevalue("milvus_server").uri
+        drop_all(uri)
+    with VectorStore(uri) as s:
         yield s
 
 
@@ -70,11 +78,22 @@ def test_odd_ids_round_trip(store, monkeypatch):
     assert store.count(CONTENT) == len(ODD_IDS) - 2
 
 
+def test_scan_pages_through_every_row(store, monkeypatch):
+    monkeypatch.setattr(vectors_module, "SCAN_BATCH", 3)  # several pages
+    ids = [f"s{k:02d}" for k in range(10)]
+    store.ensure_collection(CONTENT, 4)
+    store.upsert(CONTENT, ids, unit(np.random.default_rng(1).standard_normal((10, 4))), text_hashes=["h"] * 10)
+    rows = list(store.scan(CONTENT, ["text_hash", "vector"]))
+    assert sorted(r["item_id"] for r in rows) == ids and {r["text_hash"] for r in rows} == {"h"}
+    assert all(len(r["vector"]) == 4 for r in rows)
+    assert sorted(r["item_id"] for r in store.scan(CONTENT, [], filter='text_hash == "h"')) == ids
+
+
 def test_another_dimension_is_refused(store):
     store.ensure_collection(CONTENT, 8)
     store.ensure_collection(CONTENT, 8)  # idempotent
-    with VectorStore(store.uri) as second:  # a guest of the fixture's store (same process)
-        assert second.mode == "guest"
+    with VectorStore(store.uri) as second:  # a guest of the fixture's store (same process), or a client
+        assert second.mode == {"host": "guest", "server": "server"}[store.mode]
         with pytest.raises(ValueError, match="dim 8, not 4"):
             second.ensure_collection(CONTENT, 4)
 
@@ -118,6 +137,39 @@ def test_second_process_is_a_guest_and_takes_over_after_a_kill(tmp_path):
     finally:
         if host.poll() is None:
             host.kill()
+
+
+def search_ids(store: VectorStore, name: str, q: np.ndarray) -> list[str]:
+    (hits,) = store.search(name, q, k=3)
+    return [h[0] for h in hits]
+
+
+def test_server_restart_releases_collections_and_the_store_loads_them(milvus_server):
+    drop_all(milvus_server.uri)
+    vecs = np.eye(3, 4, dtype=np.float32)
+    q = np.array([1.0, 0.5, 0.0, 0.0], np.float32)
+    with VectorStore(milvus_server.uri) as before:
+        before.ensure_collection(CONTENT, 4)
+        before.ensure_collection(items_collection("v000001"), 4)
+        before.upsert(CONTENT, ["a", "b", "c"], vecs)
+        before.upsert(items_collection("v000001"), ["x"], vecs[:1])
+        assert search_ids(before, CONTENT, q) == ["a", "b", "c"]
+        milvus_server.restart()
+        # A store open across the restart re-connects, finds CONTENT released, loads it, repeats.
+        assert search_ids(before, CONTENT, q) == ["a", "b", "c"]
+    milvus_server.restart()
+    with VectorStore(milvus_server.uri) as after:  # opened after a restart: loads what is released
+        assert after.mode == "server"
+        assert search_ids(after, items_collection("v000001"), q) == ["x"]
+        assert search_ids(after, CONTENT, q) == ["a", "b", "c"] and after.count(CONTENT) == 3
+
+
+def test_an_unreachable_server_is_a_clear_error_after_the_wait():
+    from deploy.broker import free_port
+    from store.vectors import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable, match="unreachable for 1.0s"):
+        VectorStore(f"http://127.0.0.1:{free_port()}", wait_s=1.0).open()
 
 
 def test_store_imports_no_model_code():

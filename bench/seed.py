@@ -1,17 +1,16 @@
-"""A servable deployment without the stream, for benchmarks, tests and trying the API.
+"""A servable deployment without the stream, for benchmarks and tests (bench/serving.py,
+tests/integration/test_api.py); not part of the installed package.
 
 Each piece is written by the same code the running system uses: content embeddings into the vector
 store's `content` collection and titles into store/titles (as the encoder worker does), users'
-sequences into the per-partition state databases (store/state.py `PartitionState`, as the interaction
-worker does), and a model version staged, exported, filled, marked published and promoted in the
-registry (as the trainer does). The published towers are freshly initialised (untrained): they cost
-exactly what trained ones cost, which is what the benchmark measures.
+sequences into the per-partition state databases (store/state.py `PartitionState`, as the
+interaction worker does), and a model version written by the publisher (trainer/publish.py, as the
+trainer does). The published towers are freshly initialised (untrained): they cost exactly what
+trained ones cost, which is what the benchmark measures.
 """
 
 from __future__ import annotations
 
-import json
-import time
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -56,36 +55,16 @@ def write_sequences(settings: Settings, sequences: Mapping[str, Sequence[str]], 
 
 def publish_version(settings: Settings, store: VectorStore, ids: Sequence[str], content: np.ndarray,
                     seed: int = 0, promote: bool = True) -> Version:  # fmt: skip
-    """Stage, export and publish an untrained model version over `content`; its item vectors go into
-    the version's collection before it is marked published (and promoted)."""
-    from safetensors.torch import save_file
-
-    from trainer.export import export_towers, load_tower
+    """Publish an untrained model (the settings' config) over `content`: its item vectors go into the
+    version's collection before it is marked published (and promoted)."""
+    from trainer.publish import Publisher
     from trainer.towers import LEARN, TowerConfig
 
     torch.manual_seed(seed)
-    m = settings.model
-    cfg = TowerConfig(n_items=len(ids), d_llm=content.shape[1], d_model=m.d_model, n_layers=m.n_layers,
-                      n_heads=m.n_heads, d_out=m.d_out, max_seq_len=m.max_seq_len, item_tower=m.item_tower)  # fmt: skip
-    model = LEARN(cfg, torch.from_numpy(np.ascontiguousarray(content, np.float32))).eval()
-    registry = ModelRegistry(settings.registry_path)
-    name = registry.next_name()
-    stage = registry.stage(name)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(stage / "weights.safetensors"))
-    export_towers(model, None, stage)
-    config = {"version": name, "model": cfg.to_dict(), "items": len(ids), "created_at": time.time(), "seed": seed}
-    (stage / "config.json").write_text(json.dumps(config, indent=2))
-    version = registry.commit_version(name)
-    tower = load_tower(version.item_tower_path)
-    store.ensure_collection(version.collection, cfg.d_out)
-    for k in range(0, len(ids), CHUNK):
-        with torch.inference_mode():
-            vecs = tower(torch.from_numpy(np.ascontiguousarray(content[k : k + CHUNK], np.float32))).numpy()
-        store.upsert(version.collection, ids[k : k + CHUNK], vecs, model_id=name)
-    registry.mark_published(name)
-    if promote:
-        registry.promote(name)
-    return version
+    raw = np.ascontiguousarray(content, np.float32)
+    model = LEARN(TowerConfig.from_settings(settings.model, len(ids), raw.shape[1]), torch.from_numpy(raw)).eval()
+    publisher = Publisher(ModelRegistry(settings.registry_path), store, settings.trainer.keep_versions)
+    return publisher.publish(model, ids, raw, {"source": "seed", "seed": seed}, promote)
 
 
 def random_unit(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,182 @@
+"""The publisher: the one writer of model versions and of their `items_<version>` collections.
+
+Whoever trained the model (the incremental trainer after each window, `learn model publish RUN_DIR`
+for an offline run, the benchmark/test fixture bench/seed.py) hands it here with the catalogue's raw
+content embeddings, and a version is written in four steps (store/registry.py has the file rules):
+
+1. stage: the model artefact (trainer/checkpoint.py: model.safetensors + model.json, the format
+   `learn train` writes too), the exported item tower, the optimiser state if any, and config.json
+   (the version record: model config, where it came from, its window and metrics); commit = one rename;
+2. fill: every item's item-tower vector, computed by `LEARN.encode_items` from the raw vectors (the
+   call serving and the encoder worker make), into the version's collection;
+3. mark it PUBLISHED;
+4. promote (optional): CURRENT names it, atomically; old versions and their collections are pruned.
+A crash anywhere leaves CURRENT on the previous complete version; `recover()` removes what it left.
+
+The exported item tower (`item_tower.pt2`, a `torch.export` program: raw content (N, d_raw) -> item
+vectors (N, d_out)) is for the encoder worker only. It adds the vectors of items encoded after a
+version was published to that version's collection, so a new item is searchable about a second after
+its record arrives, and it must not import trainer/ (encoder/ comes before trainer/ in the flow). A
+torch.export program is a graph stored as JSON with its tensors as raw bytes: loading it runs no
+archived code (encoder/worker.py refuses an archive whose sample inputs need more than tensors).
+Serving needs no such program: it imports the model module and reads the safetensors weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from store.registry import ITEM_TOWER, ModelRegistry, Version, items_collection
+from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore
+from trainer.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
+from trainer.towers import LEARN
+
+log = logging.getLogger(__name__)
+
+CHUNK = 4096  # items per vector computation and upsert
+OPTIMIZER = "optimizer.pt"
+
+
+class _RawItemTower(torch.nn.Module):
+    """What the exported program computes: LEARN.encode_items, nothing else."""
+
+    def __init__(self, model: LEARN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_items(raw)
+
+
+def export_item_tower(model: LEARN, path: Path) -> Path:
+    """Write `model`'s item tower as a torch.export program over any number of raw vectors."""
+    if model.cfg.use_id_embedding:
+        raise ValueError("a model with the item-ID embedding cannot be published: new items have no ID row")
+    clean = LEARN(copy.deepcopy(model.cfg))  # the same weights without the catalogue's feature table
+    clean.load_state_dict(model.state_dict())
+    example = torch.randn(3, model.cfg.d_raw)
+    program = torch.export.export(_RawItemTower(clean.eval()), (example,),
+                                  dynamic_shapes=({0: torch.export.Dim("items", min=1)},))  # fmt: skip
+    torch.export.save(program, str(path))
+    return path
+
+
+def item_vectors(model: LEARN, raw: np.ndarray) -> np.ndarray:
+    """(N, d_raw) raw content embeddings -> (N, d_out) float32 item vectors, in chunks."""
+    out = []
+    with torch.inference_mode():
+        for k in range(0, len(raw), CHUNK):
+            out.append(model.encode_items(torch.from_numpy(np.ascontiguousarray(raw[k : k + CHUNK], np.float32))))
+    return torch.cat(out).numpy() if out else np.zeros((0, model.cfg.d_out), np.float32)
+
+
+def read_content(vectors: VectorStore, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The raw content embeddings of `ids` in the `content` collection -> (the ids found, (n, d_raw))."""
+    rows = {}
+    for k in range(0, len(ids), 2048):
+        rows.update(vectors.get(CONTENT, ids[k : k + 2048], with_vectors=True))
+    found = [i for i in ids if i in rows]
+    if not found:
+        return [], np.zeros((0, 0), np.float32)
+    return found, np.stack([rows[i].vector for i in found]).astype(np.float32)
+
+
+@dataclass
+class Publisher:
+    registry: ModelRegistry
+    vectors: VectorStore
+    keep_versions: int = 5
+    pause: Callable[[str], None] = lambda point: None  # fault injection at "after_commit", "mid_vectors"
+
+    def publish(self, model: LEARN, ids: Sequence[str], raw: np.ndarray, record: dict | None = None,
+                promote: bool = True, optimizer: dict | None = None) -> Version:  # fmt: skip
+        """Write `model` as the next version over the catalogue (`ids`, raw vectors (N, d_raw));
+        `record` (source, window, metrics, ...) goes into its config.json."""
+        raw = np.asarray(raw, np.float32)
+        if raw.shape != (len(ids), model.cfg.d_raw):
+            raise ValueError(f"the catalogue's raw vectors are {raw.shape}, the model reads {model.cfg.d_raw} wide "
+                             f"rows and {len(ids)} ids were given (another encoder?)")  # fmt: skip
+        training = model.training
+        model.eval()
+        try:
+            version = self._write(model, list(ids), raw, record or {}, optimizer)
+        finally:
+            model.train(training)
+        if promote:
+            self.registry.promote(version.name)
+        for old in self.registry.prune(self.keep_versions):
+            if self.vectors.has(items_collection(old)):
+                self.vectors.drop(items_collection(old))
+        return version
+
+    def _write(self, model: LEARN, ids: list[str], raw: np.ndarray, record: dict, optimizer: dict | None) -> Version:
+        name = self.registry.next_name()
+        stage = self.registry.stage(name)
+        save_checkpoint(model, stage, metrics=record.get("metrics"), extra={"source": record.get("source")})
+        export_item_tower(model, stage / ITEM_TOWER)
+        if optimizer is not None:
+            torch.save(optimizer, stage / OPTIMIZER)
+        config = {"version": name, "model": model.cfg.to_dict(), "items": len(ids), "created_at": time.time(), **record}
+        (stage / "config.json").write_text(json.dumps(config, indent=2))
+        version = self.registry.commit_version(name)
+        self.pause("after_commit")
+        self.vectors.ensure_collection(version.collection, model.cfg.d_out)
+        for k in range(0, len(ids), CHUNK):
+            self.vectors.upsert(version.collection, ids[k : k + CHUNK], item_vectors(model, raw[k : k + CHUNK]),
+                                model_id=name)  # fmt: skip
+            self.pause("mid_vectors")
+        self.registry.mark_published(name)
+        return version
+
+    def recover(self) -> list[Version]:
+        """Remove what a crashed publish left (staging, versions never marked published, collections
+        of versions that never got committed); -> the complete versions, oldest first."""
+        self.registry.clean_staging()
+        complete = []
+        for v in self.registry.versions():
+            if v.published:
+                complete.append(v)
+                continue
+            log.warning("removing incomplete version %s (crashed publish)", v.name)
+            if self.vectors.has(v.collection):
+                self.vectors.drop(v.collection)
+            shutil.rmtree(v.path, ignore_errors=True)
+        known = {v.collection for v in complete}
+        for name in self.vectors.collections():
+            if name.startswith(ITEMS_PREFIX) and name not in known:
+                self.vectors.drop(name)
+        return complete
+
+
+def load_version(version: Version, raw: torch.Tensor | None = None) -> tuple[LEARN, dict | None]:
+    """A published version's model (eval mode) and its optimiser state (None if it has none)."""
+    model, _ = load_checkpoint(version.path, raw)
+    opt_path = version.path / OPTIMIZER
+    return model, torch.load(opt_path, weights_only=True) if opt_path.exists() else None
+
+
+def publish_run(run_dir: Path, registry: ModelRegistry, vectors: VectorStore, promote: bool = True,
+                keep_versions: int = 5) -> Version:  # fmt: skip
+    """`learn model publish RUN_DIR`: serve a model trained offline over the live catalogue (the
+    vector store's `content` collection, written by the encoder worker)."""
+    ck = run_dir / "checkpoint" if is_checkpoint(run_dir / "checkpoint") else run_dir
+    if not is_checkpoint(ck):
+        raise FileNotFoundError(f"{run_dir} holds no model artefact (model.safetensors + model.json, or checkpoint/ "
+                                f"with them): was it written by `learn train` with a LEARN model?")  # fmt: skip
+    model, meta = load_checkpoint(ck)
+    if not vectors.has(CONTENT) or vectors.count(CONTENT) == 0:
+        raise RuntimeError("the vector store has no content embeddings yet: run the encoder worker (learn up) first")
+    ids, raw = read_content(vectors, vectors.ids(CONTENT))
+    record = {"source": "offline", "run_dir": str(run_dir), "metrics": meta.get("metrics", {}),
+              "trained_on": meta.get("extra", {})}  # fmt: skip
+    return Publisher(registry, vectors, keep_versions).publish(model, ids, raw, record, promote)
