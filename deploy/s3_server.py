@@ -18,8 +18,12 @@ the object's folder and renamed into place (nanio fsyncs it first; localbucket d
   with `If-None-Match: *`; nanio accepted that, so Tansu handed out offsets from 0 again and wrote
   new batches over acknowledged ones (measured: 2,335 of 3,740 acknowledged records lost after 3
   SIGKILLs of Tansu while one producer sent; `bench.broker_kills`). Two concurrent produces to one
-  partition could likewise both win the same offsets. Here a PUT's conditions are checked and the
-  object written under a lock (one per key stripe: the server runs one worker process), else 412.
+  partition could likewise both win the same offsets (measured: 900 of 1,200 records lost with 4
+  concurrent producers, no kill). Here a PUT's conditions are checked and the object written under
+  a lock (one per key stripe: the server runs one worker process), else 412.
+- nanio writes an object's file, then its metadata sidecar (size, etag); a GET between the two sends
+  the new file cut to the old size (Tansu, re-reading `meta.json` after a 412: "EOF while parsing",
+  the produce fails). Here GET and HEAD take the same lock and read the whole object under it.
 - localbucket logs one line per request (for Tansu: per produced batch and per offset commit); here
   successful requests are not logged, errors still are.
 """
@@ -95,12 +99,30 @@ def conditional_put(put_object):
     return put
 
 
+def locked_read(handler):
+    """nanio's GET / HEAD handler, run under the object's lock, its body read before the lock is let go."""
+    from starlette.responses import Response
+
+    async def read(request, bucket: str, key: str):
+        async with key_lock(bucket, key):
+            response = await handler(request, bucket, key)
+            iterator = getattr(response, "body_iterator", None)
+            if iterator is None:
+                return response
+            body = b"".join([chunk async for chunk in iterator])
+        return Response(content=body, status_code=response.status_code, headers=dict(response.headers))
+
+    return read
+
+
 def patch_nanio() -> None:
     from nanio.handlers import object as object_handlers
     from nanio.storage import filesystem
 
     filesystem.is_internal_name = nanio_hidden
     object_handlers.put_object = conditional_put(object_handlers.put_object)
+    object_handlers.get_object = locked_read(object_handlers.get_object)
+    object_handlers.head_object = locked_read(object_handlers.head_object)
 
 
 def main() -> None:
