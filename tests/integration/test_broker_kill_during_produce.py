@@ -23,7 +23,8 @@ def produce_until(bootstrap: str, topic: str, stop: threading.Event, acked: list
                              enable_idempotence=False, request_timeout_ms=10000)  # fmt: skip
     i = 0
     while not stop.is_set():
-        futures = [(b"k%d" % j, producer.send(topic, key=str(j % 7).encode(), value=b"k%d" % j)) for j in range(i, i + 20)]
+        values = [b"k%d" % j for j in range(i, i + 20)]
+        futures = [(v, producer.send(topic, key=v[-1:], value=v)) for v in values]
         for value, f in futures:
             try:
                 f.get(30)
