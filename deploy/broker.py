@@ -131,6 +131,7 @@ def s3_program(settings: Settings) -> Program:
     if b.s3_server == "localbucket":
         cmd = [sys.executable, "-m", "deploy.s3_server", "localbucket", "--host", b.host, "--port", str(b.s3_port), root]
         return Program("s3", cmd, {}, b.host, b.s3_port)
+    # one worker process: deploy/s3_server.py makes conditional PUTs atomic with an in-process lock
     cmd = [sys.executable, "-m", "deploy.s3_server", "nanio", "serve", "--data-dir", root, "--host", b.host, "--port", str(b.s3_port),
            "--workers", "1", "--no-access-log", "--log-level", "warning"]  # fmt: skip
     return Program("s3", cmd, {"NANIO_ACCESS_KEY": S3_KEY, "NANIO_SECRET_KEY": S3_SECRET}, b.host, b.s3_port)
