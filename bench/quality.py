@@ -135,6 +135,9 @@ def record_for(run: dict, res: dict, threads: int) -> dict:
         "metrics": res["metrics"],
         "valid_metrics": res["valid_metrics"],
         "history_excluded": True,
+        # the same score matrices ranked under RecBole's convention (only the padding id masked)
+        "metrics_recbole_protocol": res["metrics_recbole_protocol"],
+        "valid_metrics_recbole_protocol": res["valid_metrics_recbole_protocol"],
         "seconds": res["seconds"],
         "peak_rss_mb": res["peak_rss_mb"],
         "config": res["config"],

@@ -53,7 +53,7 @@ from config.settings import EncoderSettings, ModelSettings, Settings
 from encoder.pooling import Whitening, l2_normalize, mean_pairwise_cosine
 from trainer.checkpoint import save_checkpoint
 from trainer.data import RecData, load_dataset
-from trainer.evaluation import evaluate_examples
+from trainer.evaluation import evaluate_both_protocols
 from trainer.towers import LEARN, TowerConfig, pad_sequences
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,20 @@ def popularity_scorer(data: RecData):
     return lambda histories: pop.expand(len(histories), -1)
 
 
+def split_metrics(scorer, data: RecData) -> dict:
+    """{"valid", "test"}: history excluded; {"valid_recbole", "test_recbole"}: RecBole's convention;
+    each split scored once (trainer/evaluation.evaluate_both_protocols)."""
+    out = {}
+    for split in ("valid", "test"):
+        both = evaluate_both_protocols(scorer, getattr(data, split))
+        out[split], out[f"{split}_recbole"] = both["history_excluded"], both["recbole"]
+    return out
+
+
 def evaluate_baselines(data: RecData, features: np.ndarray | None) -> dict:
-    out = {"popularity": {s: evaluate_examples(popularity_scorer(data), getattr(data, s)) for s in ("valid", "test")}}
+    out = {"popularity": split_metrics(popularity_scorer(data), data)}
     if features is not None:
-        zt = zero_training_scorer(features)
-        out["zero-training"] = {s: evaluate_examples(zt, getattr(data, s)) for s in ("valid", "test")}
+        out["zero-training"] = split_metrics(zero_training_scorer(features), data)
     return out
 
 
@@ -159,6 +168,8 @@ class TrainOutcome:
     valid_metrics: dict
     test_metrics: dict
     seconds: float
+    valid_metrics_recbole: dict | None = None  # the same scores under RecBole's convention
+    test_metrics_recbole: dict | None = None
 
 
 def train_model(
@@ -188,8 +199,10 @@ def train_model(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             total, n = total + loss.item(), n + 1
-        valid = evaluate_examples(model_scorer(model, ms.max_seq_len), valid_examples)
-        curve.append({"epoch": epoch, "loss": total / max(n, 1), **{f"valid_{k}": v for k, v in valid.items()}})
+        both = evaluate_both_protocols(model_scorer(model, ms.max_seq_len), valid_examples)
+        valid = both["history_excluded"]  # early stopping stays on the history-excluded NDCG@10
+        curve.append({"epoch": epoch, "loss": total / max(n, 1), **{f"valid_{k}": v for k, v in valid.items()},
+                      **{f"valid_recbole_{k}": v for k, v in both["recbole"].items()}})  # fmt: skip
         if valid["ndcg@10"] > best:
             best, best_epoch, bad = valid["ndcg@10"], epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -202,9 +215,10 @@ def train_model(
             break
     model.load_state_dict(best_state)
     scorer = model_scorer(model, ms.max_seq_len)
-    valid = evaluate_examples(scorer, valid_examples)
-    test = evaluate_examples(scorer, test_examples)
-    return TrainOutcome(model, best_epoch, curve, valid, test, time.perf_counter() - t0)
+    valid = evaluate_both_protocols(scorer, valid_examples)
+    test = evaluate_both_protocols(scorer, test_examples)
+    return TrainOutcome(model, best_epoch, curve, valid["history_excluded"], test["history_excluded"],
+                        time.perf_counter() - t0, valid["recbole"], test["recbole"])  # fmt: skip
 
 
 def plot_curve(curve: list[dict], path: Path, title: str) -> None:
@@ -272,6 +286,7 @@ def run_train(
         out = train_model(data, features, ms, progress)
         result.update(
             model=f"learn-{ms.item_tower}", metrics=out.test_metrics, valid_metrics=out.valid_metrics,
+            metrics_recbole_protocol=out.test_metrics_recbole, valid_metrics_recbole_protocol=out.valid_metrics_recbole,
             best_epoch=out.best_epoch, curve=out.curve, train_seconds=out.seconds,
             parameters=out.model.num_parameters(),
         )  # fmt: skip
@@ -280,7 +295,8 @@ def run_train(
                         extra={"encoder": encoder_id, "dataset": dataset, "whiten": ms.whiten})  # fmt: skip
     else:
         b = baselines[model]
-        result.update(model=model, metrics=b["test"], valid_metrics=b["valid"])
+        result.update(model=model, metrics=b["test"], valid_metrics=b["valid"],
+                      metrics_recbole_protocol=b["test_recbole"], valid_metrics_recbole_protocol=b["valid_recbole"])
         if model == "popularity":
             result["encoder"] = None
     result["seconds"] = time.perf_counter() - t0
