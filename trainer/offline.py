@@ -131,6 +131,7 @@ def tower_config(ms: ModelSettings, n_items: int, d_llm: int) -> TowerConfig:
         d_out=ms.d_out, dropout=ms.dropout, max_seq_len=ms.max_seq_len, item_tower=ms.item_tower,
         use_id_embedding=ms.use_id_embedding, loss=ms.loss, temperature=ms.temperature,
         target_window=ms.target_window, max_negatives=ms.max_negatives, dense_weight=ms.dense_weight,
+        history_in_loss=ms.history_in_loss, history_age_bias=ms.history_age_bias, history_knn=ms.history_knn,
     )  # fmt: skip
 
 

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainer import losses
+from trainer.history import HistoryScore, last_positions
 
 
 @dataclass
@@ -49,6 +50,11 @@ class TowerConfig:
     target_window: int = 5
     max_negatives: int = 1024  # in-batch negatives per anchor (a random pool when the batch has more)
     dense_weight: float = 0.0  # > 0: add this times the dense all-action loss to a next-item loss
+    # items already seen (trainer/history.py): masked out of the full softmax, or kept as negatives;
+    # learned terms added to the logits in training and scoring
+    history_in_loss: str = "masked"  # masked | negatives
+    history_age_bias: bool = False
+    history_knn: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,6 +152,11 @@ class LEARN(nn.Module):
         # (N + 1, d_llm): the last row is the padding item. Not a parameter, not saved.
         pad = torch.zeros(1, cfg.d_llm, dtype=content.dtype)
         self.register_buffer("content", torch.cat([content.float(), pad]), persistent=False)
+        self.history = (
+            HistoryScore(cfg.n_items, cfg.max_seq_len, cfg.history_age_bias, cfg.history_knn)
+            if cfg.history_age_bias or cfg.history_knn
+            else None
+        )
         self.apply(self._init)
 
     @staticmethod
@@ -213,8 +224,9 @@ class LEARN(nn.Module):
         )  # (M, W)
         if cfg.loss == "full_softmax":
             items = self.item_vectors()  # (N, d_out)
-            exclude = losses.history_mask(seq, anchors, cfg.n_items, self.pad_id)
-            loss = losses.full_softmax(user, items, window_ids[:, 0], cfg.temperature, exclude)
+            exclude = losses.history_mask(seq, anchors, cfg.n_items, self.pad_id) if cfg.history_in_loss == "masked" else None
+            extra = self.history(seq, anchors, self.content) if self.history is not None else None
+            loss = losses.full_softmax(user, items, window_ids[:, 0], cfg.temperature, exclude, extra)
             if cfg.dense_weight > 0:  # the paper's dense targets as an auxiliary term (towers differ)
                 loss = loss + cfg.dense_weight * self._dense_all_action(user, anchors, window_ids)
             return loss
@@ -238,13 +250,21 @@ class LEARN(nn.Module):
         """(B,) cosine scores of batch["test_item"] for each user."""
         user = self.user_vectors(batch["item_seq"], batch["item_seq_len"])  # (B, d_out)
         items = self.item_vectors(self.content[batch["test_item"]], batch["test_item"])  # (B, d_out)
-        return (user * items).sum(-1)
+        scores = (user * items).sum(-1)
+        if self.history is not None:
+            extra = self.history(batch["item_seq"], last_positions(batch["item_seq_len"]), self.content)  # (B, N)
+            scores = scores + self.cfg.temperature * extra.gather(1, batch["test_item"].view(-1, 1)).squeeze(1)
+        return scores
 
     def full_sort_predict(self, batch: dict, items: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N) cosine scores against every item (pass `items` to reuse precomputed vectors)."""
         user = self.user_vectors(batch["item_seq"], batch["item_seq_len"])  # (B, d_out)
         items = self.item_vectors() if items is None else items  # (N, d_out)
-        return user @ items.T
+        scores = user @ items.T
+        if self.history is not None:  # the learned history terms, in cosine units (logits x temperature)
+            anchors = last_positions(batch["item_seq_len"])
+            scores = scores + self.cfg.temperature * self.history(batch["item_seq"], anchors, self.content)
+        return scores
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

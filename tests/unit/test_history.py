@@ -1,0 +1,80 @@
+import torch
+import torch.nn.functional as F
+
+from trainer import history, losses
+from trainer.towers import LEARN, TowerConfig, pad_sequences
+
+
+def test_history_ages_take_the_most_recent_occurrence():
+    seq = torch.tensor([[0, 1, 0, 2, 5], [3, 5, 5, 5, 5]])  # n_items 5, pad id 5
+    anchors = torch.tensor([[0, 0], [0, 2], [0, 3], [1, 0]])
+    ages = history.history_ages(seq, anchors, 5)
+    N = history.NOT_SEEN
+    assert ages.tolist() == [
+        [0, N, N, N, N],
+        [0, 1, N, N, N],  # item 0 at positions 0 and 2: age of the later one
+        [1, 2, 0, N, N],
+        [N, N, N, 0, N],  # padding never counts
+    ]
+
+
+def test_age_bias_only_on_history_items():
+    ages = torch.tensor([[0, -1, 3, 12]])
+    bias = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert history.age_bias_logits(ages, bias).tolist() == [[1.0, 0.0, 4.0, 5.0]]  # ages >= 5 share the last
+
+
+def test_recency_weighted_history_is_the_zero_training_user_vector():
+    torch.manual_seed(0)
+    content = torch.cat([F.normalize(torch.randn(6, 4), dim=-1), torch.zeros(1, 4)])  # pad id 6
+    seq = torch.tensor([[1, 2, 3, 6], [4, 6, 6, 6]])
+    anchors = torch.tensor([[0, 2], [0, 1], [1, 0]])
+    got = history.recency_weighted_history(content, seq, anchors, torch.tensor(0.7))
+    want = torch.stack([0.49 * content[1] + 0.7 * content[2] + content[3], 0.7 * content[1] + content[2], content[4]])
+    assert torch.allclose(got, F.normalize(want, dim=-1), atol=1e-6)
+
+
+def make(**kw):
+    torch.manual_seed(0)
+    cfg = TowerConfig(n_items=20, d_llm=12, d_model=8, n_heads=2, d_out=6, dropout=0.0, max_seq_len=10,
+                      loss="full_softmax", **kw)  # fmt: skip
+    return LEARN(cfg, F.normalize(torch.randn(20, 12), dim=-1))
+
+
+def test_history_terms_start_at_zero_and_are_learned_in_the_loss():
+    plain = make(history_in_loss="negatives")
+    m = make(history_in_loss="negatives", history_age_bias=True, history_knn=True)
+    seq, lens = pad_sequences([[1, 2, 3, 4], [5, 6], [7, 8, 9]], m.pad_id, 10)
+    batch = {"item_seq": seq, "item_seq_len": lens, "test_item": torch.tensor([0, 1, 2])}
+    # zero at initialisation: the same scores as the plain towers
+    assert torch.allclose(m.eval().full_sort_predict(batch), plain.eval().full_sort_predict(batch), atol=1e-6)
+    m.train()
+    m.calculate_loss(batch).backward()
+    assert m.history.age_bias.grad.abs().sum() > 0 and m.history.knn_weight.grad.abs() > 0
+    assert m.history.decay_logit.grad is not None
+
+
+def test_learned_age_bias_moves_history_items_in_full_sort_and_predict():
+    m = make(history_in_loss="negatives", history_age_bias=True).eval()
+    seq, lens = pad_sequences([[1, 2, 3], [4, 5]], m.pad_id, 10)
+    batch = {"item_seq": seq, "item_seq_len": lens, "test_item": torch.tensor([3, 0])}
+    before = m.full_sort_predict(batch)
+    with torch.no_grad():
+        m.history.age_bias[0] = -100.0  # the most recent item pushed down
+    after = m.full_sort_predict(batch)
+    changed = (before - after).abs() > 1e-6
+    assert changed.nonzero().tolist() == [[0, 3], [1, 5]]  # only each user's last item
+    assert torch.allclose(after[0, 3], before[0, 3] - 100.0 * m.cfg.temperature)
+    assert torch.allclose(m.predict(batch), after.gather(1, batch["test_item"].view(-1, 1)).squeeze(1), atol=1e-5)
+
+
+def test_negatives_keep_history_in_the_softmax():
+    # masked: the history item is not in the denominator; negatives: it is (the loss is larger)
+    user = F.normalize(torch.tensor([[1.0, 0.0]]), dim=-1)
+    items = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]]), dim=-1)
+    target = torch.tensor([1])
+    exclude = torch.tensor([[True, False, False]])
+    masked = losses.full_softmax(user, items, target, 0.5, exclude)
+    kept = losses.full_softmax(user, items, target, 0.5, None)
+    biased = losses.full_softmax(user, items, target, 0.5, None, torch.tensor([[-1e4, 0.0, 0.0]]))
+    assert kept > masked and torch.allclose(biased, masked)

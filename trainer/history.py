@@ -1,0 +1,95 @@
+"""Learned score terms for what a user has already seen (issue 17). Pure tensor functions plus one
+small module; trainer/towers.py adds its output to the twin towers' logits, in training and scoring.
+
+RecBole's full-sort evaluation (the convention of every published result on the UniSRec files) keeps
+the user's history items in the ranking. A content model trained with history masked out of its
+softmax never learns where those items belong, and, their text being the most like the history, it
+ranks them near the top. These terms give it something to learn instead, trained in the same loss:
+
+- `age_bias`: one learned logit per age (0 = the most recent item of the history, ages past the
+  sequence cap share the last slot) added to every item of the user's own history, at its most
+  recent occurrence. With history items kept as negatives in the softmax, it learns how likely a
+  re-occurrence is (about 0.6% of the training targets here, mostly the last item) instead of
+  letting content similarity decide.
+- `knn`: a learned weight times the zero-training baseline's cosine between the candidate's
+  content features and the recency-weighted mean (learned decay, initialised at 0.7) of the
+  history's features: a content-kNN residual beside the towers' score. Over the frozen features
+  only, so a cold item gets it like any other; it is a dot product with the features, so it can be
+  served as extra vector dimensions ([user, w * kNN user] . [item, item features]).
+
+Both are zero at initialisation (the model starts as the plain towers). All logits here are in the
+softmax's units (cosine / temperature).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+NOT_SEEN = -1
+
+
+def history_ages(seq: torch.Tensor, anchors: torch.Tensor, n_items: int) -> torch.Tensor:
+    """Age of each item's most recent occurrence in each anchor's history, NOT_SEEN elsewhere.
+    seq (B, T) right-padded ids (the padding id is n_items); anchors (M, 2) rows of (b, t), the
+    history being seq[b, : t + 1]. -> (M, n_items) long, age 0 = the item at position t."""
+    B, T = seq.shape
+    M = len(anchors)
+    pos = torch.arange(T, device=seq.device)
+    upto = pos.view(1, T) <= anchors[:, 1].view(M, 1)  # (M, T)
+    ages = anchors[:, 1].view(M, 1) - pos.view(1, T)  # (M, T)
+    items = seq[anchors[:, 0]]  # (M, T)
+    big = T + 1
+    out = torch.full((M, n_items + 1), big, dtype=torch.long, device=seq.device)
+    out.scatter_reduce_(1, items, torch.where(upto, ages, torch.full_like(ages, big)), reduce="amin")
+    out = out[:, :n_items]
+    return torch.where(out == big, torch.full_like(out, NOT_SEEN), out)
+
+
+def age_bias_logits(ages: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(M, N) ages (NOT_SEEN where not in the history), (L,) bias per age -> (M, N) logits."""
+    seen = ages >= 0
+    return torch.where(seen, bias[ages.clamp(0, len(bias) - 1)], bias.new_zeros(()))
+
+
+def recency_weighted_history(
+    content: torch.Tensor, seq: torch.Tensor, anchors: torch.Tensor, decay: torch.Tensor
+) -> torch.Tensor:
+    """The zero-training user vector of each anchor: sum over j <= t of decay^(t - j) content[seq[b, j]],
+    L2-normalised. content (N + 1, d) (the padding row included), decay a scalar in (0, 1) -> (M, d)."""
+    B, T = seq.shape
+    pos = torch.arange(T, device=seq.device, dtype=content.dtype)
+    age = pos.view(T, 1) - pos.view(1, T)  # (T, T): age of item j seen from position t
+    weights = torch.where(age >= 0, decay ** age.clamp_min(0), torch.zeros_like(age))  # lower triangular
+    summed = torch.einsum("tj,bjd->btd", weights, content[seq])  # (B, T, d)
+    return F.normalize(summed[anchors[:, 0], anchors[:, 1]], dim=-1)
+
+
+def last_positions(lens: torch.Tensor) -> torch.Tensor:
+    """(B,) sequence lengths -> (B, 2) anchors at each sequence's last real position."""
+    return torch.stack([torch.arange(len(lens), device=lens.device), (lens - 1).clamp_min(0)], 1)
+
+
+class HistoryScore(nn.Module):
+    """The enabled terms of the module docstring; forward -> (M, N) logits to add to the towers'."""
+
+    def __init__(self, n_items: int, max_seq_len: int, age_bias: bool, knn: bool, decay: float = 0.7):
+        super().__init__()
+        self.n_items = n_items
+        self.age_bias = nn.Parameter(torch.zeros(max_seq_len)) if age_bias else None
+        self.knn_weight = nn.Parameter(torch.zeros(())) if knn else None
+        # decay = sigmoid(decay_logit), so it stays in (0, 1)
+        self.decay_logit = nn.Parameter(torch.tensor(math.log(decay / (1 - decay)))) if knn else None
+
+    def forward(self, seq: torch.Tensor, anchors: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        """seq (B, T), anchors (M, 2), content (N + 1, d) the features table -> (M, N)."""
+        out = content.new_zeros(len(anchors), self.n_items)
+        if self.age_bias is not None:
+            out = out + age_bias_logits(history_ages(seq, anchors, self.n_items), self.age_bias)
+        if self.knn_weight is not None:
+            user = recency_weighted_history(content, seq, anchors, torch.sigmoid(self.decay_logit))
+            out = out + self.knn_weight * (user @ F.normalize(content[: self.n_items], dim=-1).T)
+        return out
