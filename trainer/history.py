@@ -12,8 +12,9 @@ ranks them near the top. These terms give it something to learn instead, trained
   re-occurrence is (about 0.6% of the training targets here, mostly the last item) instead of
   letting content similarity decide.
 - `knn`: a learned weight times the zero-training baseline's cosine between the candidate's
-  content features and the recency-weighted mean (learned decay, initialised at 0.7) of the
-  history's features: a content-kNN residual beside the towers' score. Over the frozen features
+  content features and the recency-weighted mean (decay 0.7, fixed like the baseline's: the
+  similarity then needs no gradient, which keeps it cheap) of the history's features: a content-kNN
+  residual beside the towers' score. Over the frozen features
   only, so a cold item gets it like any other; it is a dot product with the features, so it can be
   served as extra vector dimensions ([user, w * kNN user] . [item, item features]).
 
@@ -22,8 +23,6 @@ softmax's units (cosine / temperature).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
@@ -81,8 +80,7 @@ class HistoryScore(nn.Module):
         self.n_items = n_items
         self.age_bias = nn.Parameter(torch.zeros(max_seq_len)) if age_bias else None
         self.knn_weight = nn.Parameter(torch.zeros(())) if knn else None
-        # decay = sigmoid(decay_logit), so it stays in (0, 1)
-        self.decay_logit = nn.Parameter(torch.tensor(math.log(decay / (1 - decay)))) if knn else None
+        self.decay = decay
 
     def forward(self, seq: torch.Tensor, anchors: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
         """seq (B, T), anchors (M, 2), content (N + 1, d) the features table -> (M, N)."""
@@ -90,6 +88,8 @@ class HistoryScore(nn.Module):
         if self.age_bias is not None:
             out = out + age_bias_logits(history_ages(seq, anchors, self.n_items), self.age_bias)
         if self.knn_weight is not None:
-            user = recency_weighted_history(content, seq, anchors, torch.sigmoid(self.decay_logit))
-            out = out + self.knn_weight * (user @ F.normalize(content[: self.n_items], dim=-1).T)
+            with torch.no_grad():  # fixed features, fixed decay: only the weight is learned
+                user = recency_weighted_history(content, seq, anchors, torch.tensor(self.decay))
+                sim = user @ F.normalize(content[: self.n_items], dim=-1).T  # (M, N)
+            out = out + self.knn_weight * sim
         return out
