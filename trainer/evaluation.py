@@ -77,6 +77,26 @@ def ranks_for_batch(
     return target_ranks(scores, targets)
 
 
+def split_ranks(
+    full_scores: Callable[[list[list[int]]], torch.Tensor],
+    examples: Sequence[tuple[Sequence[int], int]],
+    conventions: dict[str, bool],
+    batch_size: int = 1024,
+) -> dict[str, torch.Tensor]:
+    """The targets' ranks over a split under each named convention (name -> history_excluded), the
+    scorer called once per batch, so every convention ranks the same score matrix."""
+    ranks: dict[str, list[torch.Tensor]] = {name: [] for name in conventions}
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i : i + batch_size]
+            histories = [list(h) for h, _ in chunk]
+            targets = torch.tensor([t for _, t in chunk], dtype=torch.long)
+            scores = full_scores(histories)
+            for name, excluded in conventions.items():
+                ranks[name].append(ranks_for_batch(scores, targets, histories, excluded))
+    return {name: torch.cat(r) for name, r in ranks.items()}
+
+
 def evaluate_examples(
     full_scores: Callable[[list[list[int]]], torch.Tensor],
     examples: Sequence[tuple[Sequence[int], int]],
@@ -85,15 +105,8 @@ def evaluate_examples(
 ) -> dict[str, float]:
     """Run the protocol over a split: `full_scores(histories) -> (B, N)` is any model's scorer (a
     LEARN model, a baseline, exported peer scores); `examples` are (history, target) pairs."""
-    ranks = []
-    with torch.no_grad():
-        for i in range(0, len(examples), batch_size):
-            chunk = examples[i : i + batch_size]
-            histories = [list(h) for h, _ in chunk]
-            targets = torch.tensor([t for _, t in chunk], dtype=torch.long)
-            scores = full_scores(histories)
-            ranks.append(ranks_for_batch(scores, targets, histories, history_excluded))
-    return metrics_from_ranks(torch.cat(ranks))
+    ranks = split_ranks(full_scores, examples, {"split": history_excluded}, batch_size)["split"]
+    return metrics_from_ranks(ranks)
 
 
 def evaluate_both_protocols(
@@ -103,13 +116,5 @@ def evaluate_both_protocols(
 ) -> dict[str, dict[str, float]]:
     """`evaluate_examples` under every convention of `PROTOCOLS` from ONE score matrix (the scorer
     is called once per batch): {"history_excluded": metrics, "recbole": metrics}."""
-    ranks: dict[str, list[torch.Tensor]] = {name: [] for name in PROTOCOLS}
-    with torch.no_grad():
-        for i in range(0, len(examples), batch_size):
-            chunk = examples[i : i + batch_size]
-            histories = [list(h) for h, _ in chunk]
-            targets = torch.tensor([t for _, t in chunk], dtype=torch.long)
-            scores = full_scores(histories)
-            for name, excluded in PROTOCOLS.items():
-                ranks[name].append(ranks_for_batch(scores, targets, histories, excluded))
-    return {name: metrics_from_ranks(torch.cat(r)) for name, r in ranks.items()}
+    ranks = split_ranks(full_scores, examples, PROTOCOLS, batch_size)
+    return {name: metrics_from_ranks(r) for name, r in ranks.items()}
