@@ -9,6 +9,12 @@ re-normalisation, the tower, the final L2 norm. They are TorchScript (traced), s
     user_tower.pt   (B, T, d_raw) float32, (B,) int64   -> (B, d_out) user vectors
                     sequences right-padded (any values in the padding), lengths >= 1
 
+A model with trainer/history.py's content-kNN residual exports it as extra dimensions, so one inner
+product still gives the model's score: item vectors [v, f] (f: the item's features) and user vectors
+[u, temperature * w * z] (z: the recency-weighted mean of the history's features), d_out + d_llm wide.
+The learned age bias acts only on the user's own history items, which serving leaves out of every
+answer, so it is not exported.
+
 Exported towers use content only: a model trained with the optional item-ID embedding cannot be
 exported (new items have no ID row), and `export_towers` refuses it.
 """
@@ -50,6 +56,7 @@ class ItemTower(nn.Module):
         self.pcm = copy.deepcopy(model.pcm)
         self.item_proj = copy.deepcopy(model.item_proj) if model.item_proj is not None else nn.Identity()
         self.variant = model.cfg.item_tower
+        self.knn = knn_weight(model) is not None
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         x = self.features(raw)  # (N, d_llm)
@@ -57,7 +64,8 @@ class ItemTower(nn.Module):
             v = self.item_proj(x)
         else:
             v = self.pcm(x.unsqueeze(1)).squeeze(1)  # a single-item sequence: (N, d_out)
-        return F.normalize(v, dim=-1)
+        v = F.normalize(v, dim=-1)
+        return torch.cat([v, x], -1) if self.knn else v
 
 
 class UserTower(nn.Module):
@@ -65,6 +73,11 @@ class UserTower(nn.Module):
         super().__init__()
         self.features = features
         self.pcm = copy.deepcopy(model.pcm)
+        w = knn_weight(model)
+        self.knn = w is not None
+        # the kNN term's scale in cosine units (temperature x learned weight) and its decay
+        self.knn_scale = float(model.cfg.temperature * w) if w is not None else 0.0
+        self.decay = float(model.history.decay) if w is not None else 0.0
 
     def forward(self, raw_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         B, T, _ = raw_seq.shape
@@ -72,7 +85,19 @@ class UserTower(nn.Module):
         x = self.features(raw_seq) * real.unsqueeze(-1)  # padding = zero content, as in training
         states = F.normalize(self.pcm(x), dim=-1)  # (B, T, d_out)
         idx = (lengths - 1).clamp_min(0).view(B, 1, 1).expand(B, 1, states.size(-1))
-        return states.gather(1, idx).squeeze(1)
+        u = states.gather(1, idx).squeeze(1)
+        if not self.knn:
+            return u
+        age = (lengths.view(B, 1) - 1 - torch.arange(T, device=raw_seq.device).view(1, T)).clamp_min(0)  # (B, T)
+        w = torch.where(real, torch.full_like(x[..., 0], self.decay) ** age, torch.zeros_like(x[..., 0]))
+        z = F.normalize((w.unsqueeze(-1) * x).sum(1), dim=-1)  # the zero-training user vector
+        return torch.cat([u, self.knn_scale * z], -1)
+
+
+def knn_weight(model: LEARN) -> float | None:
+    """The learned weight of the model's content-kNN residual, None when it has none."""
+    h = getattr(model, "history", None)
+    return None if h is None or h.knn_weight is None else float(h.knn_weight)
 
 
 def export_towers(model: LEARN, whitening: Whitening | None, directory: Path) -> tuple[Path, Path]:
