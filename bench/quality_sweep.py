@@ -48,6 +48,7 @@ SWEEP = {
     # than 0.001 (about one seed-to-seed standard deviation of the default).
     "history=negatives+age_bias": {"history_in_loss": "negatives", "history_age_bias": True},
     "history=negatives+age_bias+knn": {"history_in_loss": "negatives", "history_age_bias": True, "history_knn": True},
+    "history=negatives+age_bias+knn_blend": {"history_in_loss": "negatives", "history_age_bias": True, "history_knn_blend": True},
     "history=masked+knn": {"history_knn": True},
     "history=negatives": {"history_in_loss": "negatives"},
 }

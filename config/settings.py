@@ -138,6 +138,9 @@ class ModelSettings(BaseModel):
     history_in_loss: Literal["masked", "negatives"] = "masked"
     history_age_bias: bool = False
     history_knn: bool = False
+    # the kNN residual's weight not trained but chosen on validation after training (a blend with the
+    # zero-training score; trainer/history.choose_knn_blend)
+    history_knn_blend: bool = False
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 256

@@ -14,7 +14,11 @@ ranks them near the top. These terms give it something to learn instead, trained
 - `knn`: a learned weight times the zero-training baseline's cosine between the candidate's
   content features and the recency-weighted mean (decay 0.7, fixed like the baseline's: the
   similarity then needs no gradient, which keeps it cheap) of the history's features: a content-kNN
-  residual beside the towers' score. Over the frozen features
+  residual beside the towers' score. Either learned in the loss (`history_knn`) or, cheaper (the
+  similarity costs as much as the rest of a training step on this CPU), held at zero in training and
+  set afterwards to the weight of a small grid with the best validation NDCG@10, the mean over both
+  conventions (`history_knn_blend`, `choose_knn_blend`): a validation-chosen blend with the
+  zero-training baseline, stored in the model, so checkpoints and exported towers carry it. Over the frozen features
   only, so a cold item gets it like any other; it is a dot product with the features, so it can be
   served as extra vector dimensions ([user, w * kNN user] . [item, item features]).
 
@@ -24,9 +28,13 @@ softmax's units (cosine / temperature).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from trainer.evaluation import evaluate_both_protocols
 
 NOT_SEEN = -1
 
@@ -75,11 +83,11 @@ def last_positions(lens: torch.Tensor) -> torch.Tensor:
 class HistoryScore(nn.Module):
     """The enabled terms of the module docstring; forward -> (M, N) logits to add to the towers'."""
 
-    def __init__(self, n_items: int, max_seq_len: int, age_bias: bool, knn: bool, decay: float = 0.7):
+    def __init__(self, n_items: int, max_seq_len: int, age_bias: bool, knn: bool, decay: float = 0.7, learn_knn: bool = True):
         super().__init__()
         self.n_items = n_items
         self.age_bias = nn.Parameter(torch.zeros(max_seq_len)) if age_bias else None
-        self.knn_weight = nn.Parameter(torch.zeros(())) if knn else None
+        self.knn_weight = nn.Parameter(torch.zeros(()), requires_grad=learn_knn) if knn else None
         self.decay = decay
 
     def forward(self, seq: torch.Tensor, anchors: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
@@ -87,9 +95,28 @@ class HistoryScore(nn.Module):
         out = content.new_zeros(len(anchors), self.n_items)
         if self.age_bias is not None:
             out = out + age_bias_logits(history_ages(seq, anchors, self.n_items), self.age_bias)
-        if self.knn_weight is not None:
+        if self.knn_weight is not None and (self.knn_weight.requires_grad or float(self.knn_weight) != 0.0):
             with torch.no_grad():  # fixed features, fixed decay: only the weight is learned
                 user = recency_weighted_history(content, seq, anchors, torch.tensor(self.decay))
                 sim = user @ F.normalize(content[: self.n_items], dim=-1).T  # (M, N)
             out = out + self.knn_weight * sim
         return out
+
+
+BLEND_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # kNN weight in cosine units
+
+
+def choose_knn_blend(model, make_scorer: Callable, examples, grid=BLEND_GRID) -> dict:
+    """Set `model`'s kNN weight to the grid value with the best validation NDCG@10 (mean of the two
+    conventions; `make_scorer(model)` -> a `histories -> (B, N)` scorer). -> {"weight", "grid"}."""
+    w = model.history.knn_weight
+    rows = []
+    for g in grid:
+        with torch.no_grad():
+            w.fill_(g / model.cfg.temperature)  # the history logits are added as temperature x logit
+        both = evaluate_both_protocols(make_scorer(model), examples)
+        rows.append({"weight": g, **{f"valid_{p}_ndcg@10": m["ndcg@10"] for p, m in both.items()}})
+    best = max(rows, key=lambda r: (r["valid_history_excluded_ndcg@10"] + r["valid_recbole_ndcg@10"]) / 2)
+    with torch.no_grad():
+        w.fill_(best["weight"] / model.cfg.temperature)
+    return {"weight": best["weight"], "criterion": "mean of both conventions' valid NDCG@10", "grid": rows}

@@ -54,6 +54,7 @@ from encoder.pooling import Whitening, l2_normalize, mean_pairwise_cosine
 from trainer.checkpoint import save_checkpoint
 from trainer.data import RecData, load_dataset
 from trainer.evaluation import evaluate_both_protocols
+from trainer.history import choose_knn_blend
 from trainer.towers import LEARN, TowerConfig, pad_sequences
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ def tower_config(ms: ModelSettings, n_items: int, d_llm: int) -> TowerConfig:
         use_id_embedding=ms.use_id_embedding, loss=ms.loss, temperature=ms.temperature,
         target_window=ms.target_window, max_negatives=ms.max_negatives, dense_weight=ms.dense_weight,
         history_in_loss=ms.history_in_loss, history_age_bias=ms.history_age_bias, history_knn=ms.history_knn,
+        history_knn_blend=ms.history_knn_blend,
     )  # fmt: skip
 
 
@@ -171,6 +173,7 @@ class TrainOutcome:
     seconds: float
     valid_metrics_recbole: dict | None = None  # the same scores under RecBole's convention
     test_metrics_recbole: dict | None = None
+    knn_blend: dict | None = None  # the validation-chosen kNN weight (trainer/history.choose_knn_blend)
 
 
 def train_model(
@@ -215,11 +218,12 @@ def train_model(
         if bad >= ms.patience:
             break
     model.load_state_dict(best_state)
+    blend = choose_knn_blend(model, lambda m: model_scorer(m, ms.max_seq_len), valid_examples) if ms.history_knn_blend else None
     scorer = model_scorer(model, ms.max_seq_len)
     valid = evaluate_both_protocols(scorer, valid_examples)
     test = evaluate_both_protocols(scorer, test_examples)
     return TrainOutcome(model, best_epoch, curve, valid["history_excluded"], test["history_excluded"],
-                        time.perf_counter() - t0, valid["recbole"], test["recbole"])  # fmt: skip
+                        time.perf_counter() - t0, valid["recbole"], test["recbole"], blend)  # fmt: skip
 
 
 def plot_curve(curve: list[dict], path: Path, title: str) -> None:
@@ -288,7 +292,7 @@ def run_train(
         result.update(
             model=f"learn-{ms.item_tower}", metrics=out.test_metrics, valid_metrics=out.valid_metrics,
             metrics_recbole_protocol=out.test_metrics_recbole, valid_metrics_recbole_protocol=out.valid_metrics_recbole,
-            best_epoch=out.best_epoch, curve=out.curve, train_seconds=out.seconds,
+            best_epoch=out.best_epoch, curve=out.curve, train_seconds=out.seconds, knn_blend=out.knn_blend,
             parameters=out.model.num_parameters(),
         )  # fmt: skip
         plot_curve(out.curve, run_dir / "curve.png", f"LEARN-({ms.item_tower}) {enc.model}, {dataset}")

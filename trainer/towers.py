@@ -55,6 +55,7 @@ class TowerConfig:
     history_in_loss: str = "masked"  # masked | negatives
     history_age_bias: bool = False
     history_knn: bool = False
+    history_knn_blend: bool = False  # the kNN weight held at 0 in training, chosen on validation after
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,8 +154,9 @@ class LEARN(nn.Module):
         pad = torch.zeros(1, cfg.d_llm, dtype=content.dtype)
         self.register_buffer("content", torch.cat([content.float(), pad]), persistent=False)
         self.history = (
-            HistoryScore(cfg.n_items, cfg.max_seq_len, cfg.history_age_bias, cfg.history_knn)
-            if cfg.history_age_bias or cfg.history_knn
+            HistoryScore(cfg.n_items, cfg.max_seq_len, cfg.history_age_bias, cfg.history_knn or cfg.history_knn_blend,
+                         learn_knn=not cfg.history_knn_blend)  # fmt: skip
+            if cfg.history_age_bias or cfg.history_knn or cfg.history_knn_blend
             else None
         )
         self.apply(self._init)

@@ -77,3 +77,30 @@ def test_negatives_keep_history_in_the_softmax():
     kept = losses.full_softmax(user, items, target, 0.5, None)
     biased = losses.full_softmax(user, items, target, 0.5, None, torch.tensor([[-1e4, 0.0, 0.0]]))
     assert kept > masked and torch.allclose(biased, masked)
+
+
+def test_knn_blend_is_off_in_training_and_chosen_on_validation():
+    plain = make(history_in_loss="negatives", history_age_bias=True)
+    m = make(history_in_loss="negatives", history_age_bias=True, history_knn_blend=True)
+    seq, lens = pad_sequences([[1, 2, 3, 4], [5, 6], [7, 8, 9]], m.pad_id, 10)
+    batch = {"item_seq": seq, "item_seq_len": lens}
+    assert not m.history.knn_weight.requires_grad
+    assert torch.allclose(m.calculate_loss(batch), plain.calculate_loss(batch))  # training as without it
+    m.eval()
+
+    def make_scorer(model):
+        def scores(hs):
+            s, n = pad_sequences(hs, model.pad_id, 10)
+            return model.full_sort_predict({"item_seq": s, "item_seq_len": n})
+        return scores
+
+    # validation targets that the content kNN ranks first: a large weight should win
+    zt = history.recency_weighted_history(m.content, seq, history.last_positions(lens), torch.tensor(0.7))
+    knn = zt @ m.content[:20].T
+    knn[torch.arange(3).view(-1, 1), seq.clamp_max(19)] = -9  # not a history item
+    examples = [(h, int(knn[i].argmax())) for i, h in enumerate([[1, 2, 3, 4], [5, 6], [7, 8, 9]])]
+    out = history.choose_knn_blend(m, make_scorer, examples)
+    assert [r["weight"] for r in out["grid"]] == list(history.BLEND_GRID)
+    best = max(out["grid"], key=lambda r: r["valid_history_excluded_ndcg@10"] + r["valid_recbole_ndcg@10"])
+    assert out["weight"] == best["weight"] > 0
+    assert torch.isclose(m.history.knn_weight, torch.tensor(out["weight"] / m.cfg.temperature))
