@@ -6,7 +6,8 @@
 `learn train` with `history_knn_blend` holds the kNN weight at zero while training (its similarity is
 then never computed), so its training is the one without the switch; after early stopping it picks
 the weight on validation and scores the splits. This does that last step for a run trained without the
-switch, from its checkpoint: OUT_DIR/results.json is the run's record with the switch on in its
+switch, from its checkpoint (a run trained with history masked also gets the validation-chosen
+penalty on history items: `history_age_bias` on, held at zero in training): OUT_DIR/results.json is the run's record with the switch on in its
 config, the blend's validation grid, both splits re-scored (test once, with the chosen weight), and
 "derived_from". bench/quality.py --adopt and bench/quality_sweep.py --adopt record it like any run.
 """
@@ -38,7 +39,10 @@ def main(src: Path, dst: Path) -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     res = json.loads((src / "results.json").read_text())
-    ms = ModelSettings(**{**res["config"]["model"], "history_knn_blend": True})
+    cfg = res["config"]["model"]
+    # a run trained with history masked gets the validation-chosen penalty on history items too
+    masked = cfg.get("history_in_loss", "masked") == "masked"
+    ms = ModelSettings(**{**cfg, "history_knn_blend": True, **({"history_age_bias": True} if masked else {})})
     s = bench_settings()
     enc = s.encoder.model_copy(update=res["config"]["encoder"])
     data = load_dataset(res["dataset"], s.shared_data_dir, history_cap=ms.max_seq_len)
@@ -46,7 +50,8 @@ def main(src: Path, dst: Path) -> None:
     features = content_features(raw, ms.whiten, ms.whiten_dim)
     model = LEARN(tower_config(ms, data.n_items, features.shape[1]), torch.from_numpy(features))
     state = load_file(str(src / "checkpoint" / "model.safetensors"))
-    model.load_state_dict({**state, "history.knn_weight": torch.zeros(())})
+    missing = {k: torch.zeros_like(v) for k, v in model.state_dict().items() if k.startswith("history.") and k not in state}
+    model.load_state_dict({**state, **missing})  # the blend's terms start at zero, as in training
     model.eval()
     valid_examples = sorted(data.valid, key=lambda e: len(e[0]))
     blend = choose_knn_blend(model, lambda m: model_scorer(m, ms.max_seq_len), valid_examples)
@@ -62,7 +67,7 @@ def main(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "results.json").write_text(json.dumps(res, indent=2))
     save_checkpoint(model, dst / "checkpoint", metrics=res["metrics"], extra={"derived_from": str(src)})
-    print(f"kNN weight {blend['weight']} on validation: valid NDCG@10 {valid['history_excluded']['ndcg@10']:.4f} "
+    print(f"kNN weight {blend['weight']}, history penalty {blend['penalty']} on validation: valid NDCG@10 {valid['history_excluded']['ndcg@10']:.4f} "
           f"history excluded / {valid['recbole']['ndcg@10']:.4f} RecBole -> {dst}/results.json")  # fmt: skip
 
 

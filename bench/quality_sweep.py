@@ -49,6 +49,7 @@ SWEEP = {
     "history=negatives+age_bias": {"history_in_loss": "negatives", "history_age_bias": True},
     "history=negatives+age_bias+knn": {"history_in_loss": "negatives", "history_age_bias": True, "history_knn": True},
     "history=negatives+age_bias+knn_blend": {"history_in_loss": "negatives", "history_age_bias": True, "history_knn_blend": True},
+    "history=masked+penalty+knn_blend": {"history_age_bias": True, "history_knn_blend": True},
     "history=masked+knn": {"history_knn": True},
     "history=negatives": {"history_in_loss": "negatives"},
 }

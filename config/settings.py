@@ -136,11 +136,14 @@ class ModelSettings(BaseModel):
     # or kept as "negatives"; a learned logit per age on the history's items; a learned content-kNN
     # residual (the zero-training score with a learned weight and decay).
     history_in_loss: Literal["masked", "negatives"] = "masked"
-    history_age_bias: bool = False
+    # Default (issue 17, chosen on validation: bench/results/quality_sweep.json): history masked in the
+    # loss, then a penalty on history items and the kNN weight chosen on validation after training.
+    # With history masked the age bias is not learned (held at zero in training).
+    history_age_bias: bool = True
     history_knn: bool = False
     # the kNN residual's weight not trained but chosen on validation after training (a blend with the
     # zero-training score; trainer/history.choose_knn_blend)
-    history_knn_blend: bool = False
+    history_knn_blend: bool = True
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 256

@@ -95,9 +95,10 @@ class UserTower(nn.Module):
 
 
 def knn_weight(model: LEARN) -> float | None:
-    """The learned weight of the model's content-kNN residual, None when it has none."""
+    """The weight of the model's content-kNN residual, None when it has none (or it is zero: a model
+    whose blend was never chosen, as in the incremental trainer, exports as the plain towers)."""
     h = getattr(model, "history", None)
-    return None if h is None or h.knn_weight is None else float(h.knn_weight)
+    return None if h is None or h.knn_weight is None or float(h.knn_weight) == 0.0 else float(h.knn_weight)
 
 
 def export_towers(model: LEARN, whitening: Whitening | None, directory: Path) -> tuple[Path, Path]:

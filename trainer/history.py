@@ -18,7 +18,11 @@ ranks them near the top. These terms give it something to learn instead, trained
   similarity costs as much as the rest of a training step on this CPU), held at zero in training and
   set afterwards to the weight of a small grid with the best validation NDCG@10, the mean over both
   conventions (`history_knn_blend`, `choose_knn_blend`): a validation-chosen blend with the
-  zero-training baseline, stored in the model, so checkpoints and exported towers carry it. Over the frozen features
+  zero-training baseline, stored in the model, so checkpoints and exported towers carry it.
+
+With history masked out of the softmax the age bias cannot be learned (the only history item left in
+the loss is a re-occurring target, so it would only grow): there it is held at zero in training and,
+with `history_knn_blend`, one penalty for every history item is chosen on the same validation grid. Over the frozen features
   only, so a cold item gets it like any other; it is a dot product with the features, so it can be
   served as extra vector dimensions ([user, w * kNN user] . [item, item features]).
 
@@ -34,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainer.evaluation import evaluate_both_protocols
+from trainer.evaluation import PROTOCOLS, metrics_from_ranks, ranks_for_batch
 
 NOT_SEEN = -1
 
@@ -83,17 +87,18 @@ def last_positions(lens: torch.Tensor) -> torch.Tensor:
 class HistoryScore(nn.Module):
     """The enabled terms of the module docstring; forward -> (M, N) logits to add to the towers'."""
 
-    def __init__(self, n_items: int, max_seq_len: int, age_bias: bool, knn: bool, decay: float = 0.7, learn_knn: bool = True):
+    def __init__(self, n_items: int, max_seq_len: int, age_bias: bool, knn: bool, decay: float = 0.7,
+                 learn_knn: bool = True, learn_age_bias: bool = True):  # fmt: skip
         super().__init__()
         self.n_items = n_items
-        self.age_bias = nn.Parameter(torch.zeros(max_seq_len)) if age_bias else None
+        self.age_bias = nn.Parameter(torch.zeros(max_seq_len), requires_grad=learn_age_bias) if age_bias else None
         self.knn_weight = nn.Parameter(torch.zeros(()), requires_grad=learn_knn) if knn else None
         self.decay = decay
 
     def forward(self, seq: torch.Tensor, anchors: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
         """seq (B, T), anchors (M, 2), content (N + 1, d) the features table -> (M, N)."""
         out = content.new_zeros(len(anchors), self.n_items)
-        if self.age_bias is not None:
+        if self.age_bias is not None and (self.age_bias.requires_grad or bool(self.age_bias.any())):
             out = out + age_bias_logits(history_ages(seq, anchors, self.n_items), self.age_bias)
         if self.knn_weight is not None and (self.knn_weight.requires_grad or float(self.knn_weight) != 0.0):
             with torch.no_grad():  # fixed features, fixed decay: only the weight is learned
@@ -103,20 +108,48 @@ class HistoryScore(nn.Module):
         return out
 
 
-BLEND_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # kNN weight in cosine units
+KNN_GRID = tuple(round(0.1 * i, 1) for i in range(9))  # kNN weight, cosine units
+PENALTY_GRID = (0.0, -0.05, -0.1, -0.2, -0.3, -0.5, -1.0)  # on every history item, cosine units
 
 
-def choose_knn_blend(model, make_scorer: Callable, examples, grid=BLEND_GRID) -> dict:
-    """Set `model`'s kNN weight to the grid value with the best validation NDCG@10 (mean of the two
-    conventions; `make_scorer(model)` -> a `histories -> (B, N)` scorer). -> {"weight", "grid"}."""
-    w = model.history.knn_weight
-    rows = []
-    for g in grid:
-        with torch.no_grad():
-            w.fill_(g / model.cfg.temperature)  # the history logits are added as temperature x logit
-        both = evaluate_both_protocols(make_scorer(model), examples)
-        rows.append({"weight": g, **{f"valid_{p}_ndcg@10": m["ndcg@10"] for p, m in both.items()}})
-    best = max(rows, key=lambda r: (r["valid_history_excluded_ndcg@10"] + r["valid_recbole_ndcg@10"]) / 2)
+def _full_matrix(scorer: Callable, histories: list[list[int]], batch_size: int = 1024) -> torch.Tensor:
     with torch.no_grad():
-        w.fill_(best["weight"] / model.cfg.temperature)
-    return {"weight": best["weight"], "criterion": "mean of both conventions' valid NDCG@10", "grid": rows}
+        return torch.cat([scorer(histories[i : i + batch_size]) for i in range(0, len(histories), batch_size)])
+
+
+def choose_knn_blend(model, make_scorer: Callable, examples, knn_grid=KNN_GRID, penalty_grid=PENALTY_GRID) -> dict:
+    """After training: set `model`'s kNN weight, and, where its age bias is not learned (history masked
+    in the loss), one penalty on every history item, to the grid point with the best validation
+    NDCG@10, the mean over both conventions. `make_scorer(model)` -> a `histories -> (B, N)` scorer.
+    The score parts are computed once (score = base + w * kNN + p * in-history), so each grid point
+    costs two rankings. -> {"weight", "penalty", "criterion", "grid"}."""
+    h, tau = model.history, model.cfg.temperature
+    tune_penalty = h.age_bias is not None and not h.age_bias.requires_grad
+    histories = [list(x) for x, _ in examples]
+    targets = torch.tensor([t for _, t in examples], dtype=torch.long)
+    with torch.no_grad():
+        h.knn_weight.fill_(0.0)
+        if tune_penalty:
+            h.age_bias.fill_(0.0)
+        base = _full_matrix(make_scorer(model), histories)
+        h.knn_weight.fill_(1.0 / tau)
+        knn = _full_matrix(make_scorer(model), histories) - base  # the kNN cosine itself
+    seen = torch.zeros_like(base, dtype=torch.bool)
+    rows_, cols_ = [r for r, x in enumerate(histories) for _ in x], [i for x in histories for i in x]
+    seen[rows_, cols_] = True
+    grid = []
+    for p in penalty_grid if tune_penalty else (0.0,):
+        for w in knn_grid:
+            scores = base + w * knn + p * seen
+            row = {"weight": w, "penalty": p}
+            for name, excluded in PROTOCOLS.items():
+                ranks = ranks_for_batch(scores, targets, histories, excluded)
+                row[f"valid_{name}_ndcg@10"] = metrics_from_ranks(ranks)["ndcg@10"]
+            grid.append(row)
+    best = max(grid, key=lambda r: (r["valid_history_excluded_ndcg@10"] + r["valid_recbole_ndcg@10"]) / 2)
+    with torch.no_grad():
+        h.knn_weight.fill_(best["weight"] / tau)  # the history logits are added as temperature x logit
+        if tune_penalty:
+            h.age_bias.fill_(best["penalty"] / tau)
+    return {"weight": best["weight"], "penalty": best["penalty"] if tune_penalty else None,
+            "criterion": "mean of both conventions' valid NDCG@10", "grid": grid}  # fmt: skip

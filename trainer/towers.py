@@ -155,7 +155,7 @@ class LEARN(nn.Module):
         self.register_buffer("content", torch.cat([content.float(), pad]), persistent=False)
         self.history = (
             HistoryScore(cfg.n_items, cfg.max_seq_len, cfg.history_age_bias, cfg.history_knn or cfg.history_knn_blend,
-                         learn_knn=not cfg.history_knn_blend)  # fmt: skip
+                         learn_knn=not cfg.history_knn_blend, learn_age_bias=cfg.history_in_loss == "negatives")  # fmt: skip
             if cfg.history_age_bias or cfg.history_knn or cfg.history_knn_blend
             else None
         )

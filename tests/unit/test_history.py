@@ -100,7 +100,29 @@ def test_knn_blend_is_off_in_training_and_chosen_on_validation():
     knn[torch.arange(3).view(-1, 1), seq.clamp_max(19)] = -9  # not a history item
     examples = [(h, int(knn[i].argmax())) for i, h in enumerate([[1, 2, 3, 4], [5, 6], [7, 8, 9]])]
     out = history.choose_knn_blend(m, make_scorer, examples)
-    assert [r["weight"] for r in out["grid"]] == list(history.BLEND_GRID)
+    assert [r["weight"] for r in out["grid"]] == list(history.KNN_GRID)
     best = max(out["grid"], key=lambda r: r["valid_history_excluded_ndcg@10"] + r["valid_recbole_ndcg@10"])
     assert out["weight"] == best["weight"] > 0
     assert torch.isclose(m.history.knn_weight, torch.tensor(out["weight"] / m.cfg.temperature))
+
+
+def test_masked_history_gets_a_validation_chosen_penalty_not_a_learned_bias():
+    m = make(history_age_bias=True, history_knn_blend=True)  # history masked in the loss (default)
+    assert not m.history.age_bias.requires_grad and not m.history.knn_weight.requires_grad
+    m.eval()
+
+    def make_scorer(model):
+        def scores(hs):
+            s, n = pad_sequences(hs, model.pad_id, 10)
+            return model.full_sort_predict({"item_seq": s, "item_seq_len": n})
+        return scores
+
+    # the user tower's favourite items are put in each history: under RecBole's convention they sit above
+    # the target, so a penalty on history items must win
+    hs = [[1, 2, 3], [4, 5], [6, 7, 8]]
+    fav = make_scorer(m)(hs).argsort(1, descending=True)
+    examples = [(h + [int(fav[i, 0])], int(fav[i, 1])) for i, h in enumerate(hs)]
+    out = history.choose_knn_blend(m, make_scorer, examples)
+    assert len(out["grid"]) == len(history.KNN_GRID) * len(history.PENALTY_GRID)
+    assert out["penalty"] < 0
+    assert torch.allclose(m.history.age_bias, torch.full((10,), out["penalty"] / m.cfg.temperature))
