@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The LEARN quality benchmark on the UniSRec Scientific split (issue 3).
 
-    .venv/bin/python bench/quality.py [--only learn-a] [--threads 1]
+    .venv/bin/python bench/quality.py [--only learn-a] [--threads 1] [--data PATH]
 
 Runs, in priority order, each in its own process (so its time and peak memory are its own), and
 writes `bench/results/quality/<model>-<encoder>-<variant>-seed<seed>.json` as soon as it finishes;
@@ -17,6 +17,11 @@ a run whose file exists is skipped, so the benchmark can be stopped and resumed:
 Every run uses trainer/offline.run_train, i.e. `learn train` with the same options (the JSON's
 "command"), and the one protocol of trainer/evaluation.py. Run dirs (checkpoints, curves) go to
 runs/quality/ (not committed). Then `bench/quality_table.py` builds the table.
+
+`--data PATH` (any supported dataset folder, or a dataset name from the settings) runs the same plan
+on another dataset: results under bench/results/quality-<name>/, run dirs under runs/quality-<name>/,
+and the split written as RecBole atomic files (runs/quality-<name>/recbole-data/) for the peer,
+with the bench/recbole/sasrec.py command that runs it on them.
 """
 
 from __future__ import annotations
@@ -63,12 +68,23 @@ def planned_runs() -> list[dict]:
     return runs
 
 
+def outputs_for(data: str) -> tuple[Path, Path]:
+    """(results folder, run folders) of a dataset: the default's are OUT and RUNS_DIR."""
+    if data == DATASET:
+        return OUT, RUNS_DIR
+    name = Path(data).name
+    return OUT.parent / f"quality-{name}", RUNS_DIR.parent / f"quality-{name}"
+
+
 def file_for(run: dict) -> Path:
-    return OUT / f"{run['model']}-{run['encoder']}-{run['variant']}-seed{run['seed']}.json"
+    out = outputs_for(run.get("data", DATASET))[0]
+    return out / f"{run['model']}-{run['encoder']}-{run['variant']}-seed{run['seed']}.json"
 
 
 def command_for(run: dict) -> str:
-    cmd = f"learn train --dataset {DATASET} --model {run['kind']} --seed {run['seed']}"
+    data = run.get("data", DATASET)
+    where = f"--dataset {DATASET}" if data == DATASET else f"--data {data}"
+    cmd = f"learn train {where} --model {run['kind']} --seed {run['seed']}"
     if run["kind"] != "popularity":
         cmd += f" --encoder {run['encoder']}"
     if run["kind"] == "learn":
@@ -119,7 +135,8 @@ def _child(run: dict, threads: int, queue) -> None:
     enc = s.encoder.model_copy(update={"model": run["encoder"] if run["encoder"] != "none" else s.encoder.model})
     s = s.model_copy(update={"model": ms, "encoder": enc})
     name = file_for(run).stem
-    res = run_train(s, DATASET, RUNS_DIR / name, model=run["kind"], progress=False)
+    data = run.get("data", DATASET)
+    res = run_train(s, data, outputs_for(data)[1] / name, model=run["kind"], progress=False)
     queue.put(res)
 
 
@@ -130,7 +147,7 @@ def record_for(run: dict, res: dict, threads: int) -> dict:
         "encoder": res["encoder"] or "none",
         "encoder_name": run["encoder"],
         "variant": run["variant"],
-        "dataset": DATASET,
+        "dataset": res["dataset"],
         "seed": run["seed"],
         "metrics": res["metrics"],
         "valid_metrics": res["valid_metrics"],
@@ -167,20 +184,48 @@ def adopt(run_dir: Path, threads: int) -> Path:
     raise SystemExit(f"{run_dir}: no planned run has exactly this configuration")
 
 
+def prepare_dataset(data: str) -> str:
+    """Check the dataset (one short error when it cannot be read), write its split as RecBole atomic
+    files for the peer and say how to run it; the dataset's folder, as the runs will name it."""
+    from streams.datasets import DatasetError, resolve
+    from trainer.data import load_source, write_atomic_split
+
+    s = bench_settings()
+    try:
+        src = resolve(data, s.datasets, s.shared_data_dir)
+        split = load_source(src, history_cap=s.model.max_seq_len)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}") from None
+    folder = str(src.directory.resolve())
+    out, runs_dir = outputs_for(folder)
+    prefix = "".join(c if c.isalnum() else "_" for c in src.name)
+    atomic = runs_dir / "recbole-data"
+    write_atomic_split(split, atomic, prefix)
+    print(f"{src.name} ({src.format}): {split.n_items} items, {split.n_users} users -> {out}")
+    print(f"RecBole peer on the same split: .venv-recbole/bin/python bench/recbole/sasrec.py --seed 2020 "
+          f"--data {atomic} --prefix {prefix} --out {out / 'sasrec-recbole-seed2020.json'}")  # fmt: skip
+    return folder
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="run only models whose name starts with this")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("LEARN_BENCH_THREADS", "1")))
     ap.add_argument("--shard", default="0/1", help="k/n: run only the runs whose index %% n == k")
     ap.add_argument("--adopt", type=Path, nargs="*", default=[], help="record finished `learn train` run dirs")
+    ap.add_argument("--data", default=DATASET, help="a dataset folder or a dataset name from the settings")
     args = ap.parse_args()
+    runs = planned_runs()
+    if args.data != DATASET:
+        data = prepare_dataset(args.data)
+        runs = [{**run, "data": data} for run in runs]
     for d in args.adopt:
         print(f"adopted {d} -> {adopt(d, args.threads)}")
     if args.adopt:
         return
     k, n = (int(x) for x in args.shard.split("/"))
-    OUT.mkdir(parents=True, exist_ok=True)
-    for i, run in enumerate(planned_runs()):
+    for i, run in enumerate(runs):
+        file_for(run).parent.mkdir(parents=True, exist_ok=True)
         path = file_for(run)
         if path.exists() or not run["model"].startswith(args.only) or i % n != k:
             continue

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,10 +31,24 @@ class BrokerSettings(BaseModel):
     # Tansu's first group join waits half the session timeout: keep it short (works on Apache Kafka too).
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1500
+    # Where the embedded Tansu keeps topics and consumer-group offsets. "s3": durable, in a local
+    # S3-compatible server (localbucket) that stores plain files under <data_dir>/broker/; records and
+    # committed offsets survive restarts and kill -9 of Tansu and of that server. "memory": Tansu's
+    # in-memory engine (a restart empties every topic and forgets every offset).
+    storage: Literal["s3", "memory"] = "s3"
+    s3_port: int = 19094  # the local S3 server's port on 127.0.0.1 (storage "s3" only)
+    s3_bucket: str = "tansu"
+    # An external Kafka (Apache Kafka, Redpanda, a shared Tansu): "host1:9092,host2:9092". Set, nothing
+    # is started: `host`/`port`/`storage` are ignored and every client connects here.
+    bootstrap_servers: str = ""
+
+    @property
+    def external(self) -> bool:
+        return bool(self.bootstrap_servers)
 
     @property
     def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.bootstrap_servers or f"{self.host}:{self.port}"
 
 
 class TopicSettings(BaseModel):
@@ -46,6 +60,13 @@ class TopicSettings(BaseModel):
     interactions_dlq: str = "interactions.dlq"
     partitions: int = 4
     dlq_partitions: int = 1
+    # Records consumed from a partition that does not own their user are forwarded here (same
+    # partition count as `interactions`). Empty: "<interactions>.repartition".
+    interactions_repartition: str = ""
+
+    @property
+    def interactions_repartition_topic(self) -> str:
+        return self.interactions_repartition or f"{self.interactions}.repartition"
 
 
 class WorkerSettings(BaseModel):
@@ -56,6 +77,9 @@ class WorkerSettings(BaseModel):
     # Consumer groups are "<app_prefix>-<worker>": two deployments (or two tests) on one broker must
     # use different prefixes, or their workers would share partitions.
     app_prefix: str = "learn"
+    # How long a worker keeps trying to send a dead letter (with backoff) before it stops with a
+    # non-zero exit, leaving the record unacknowledged (it is re-read after the restart).
+    dead_letter_timeout_s: float = 60.0
     # How long the group coordinator waits for members to rejoin a rebalance. Short, so a killed
     # worker's partitions move on quickly (our batches take milliseconds).
     rebalance_timeout_ms: int = 10_000
@@ -65,6 +89,13 @@ class WorkerSettings(BaseModel):
     fetch_max_wait_ms: int = 10
     # fsync each state write batch (survives power loss, not just a process kill); slower.
     sync_writes: bool = False
+    # How long a forward or a dead letter may wait for the broker's acknowledgement (the producer
+    # retries meanwhile). Past it the worker stops with a non-zero exit, before storing the offset.
+    send_timeout_ms: int = 30_000
+    # A partition that delivered nothing for this long is checked for an offset regression (is the
+    # record applied last still in the broker's log?): a broker need not report a position beyond
+    # its log (Tansu answers with no records), so an idle partition is probed.
+    regression_probe_s: float = 5.0
 
 
 class EncoderSettings(BaseModel):
@@ -190,6 +221,32 @@ class ServingSettings(BaseModel):
     metrics_urls: list[str] = []  # the workers' /metrics pages, re-exported (job label) on the API's /metrics
 
 
+class DatasetSettings(BaseModel):
+    """One dataset by path (`[datasets.<name>]` in the TOML file, or `--data PATH` on the command line).
+
+    Formats (streams/datasets.py reads them; README "Bring your own data" has an example of each):
+    "plain" (interactions.csv + items.jsonl), "lcrec" (<prefix>.item.json + <prefix>.inter.json),
+    "atomic" (the UniSRec/RecBole pre-split atomic files <prefix>.text, .item2index, .user2index,
+    .train/.valid/.test.inter); "auto" detects which one the folder holds.
+    """
+
+    # The folder (relative: from the current directory). None: <shared_data_dir>/<the table's name>
+    # (how the two built-in datasets are found).
+    path: Path | None = None
+    format: Literal["auto", "plain", "lcrec", "atomic"] = "auto"
+    prefix: str = ""  # file-name prefix of the lcrec/atomic files ("" = detected: the one prefix present)
+    # Category names dropped from every item (e.g. a root category every item shares, which tells the
+    # model nothing); in the atomic ".text" strings they also mark where the title ends.
+    drop_categories: list[str] = []
+
+
+SCIENTIFIC_ROOT = "Industrial & Scientific"
+BUILTIN_DATASETS = {
+    "amazon-scientific-unisrec": DatasetSettings(format="atomic", prefix="Scientific", drop_categories=[SCIENTIFIC_ROOT]),
+    "amazon-scientific-lcrec": DatasetSettings(format="lcrec", prefix="Scientific", drop_categories=[SCIENTIFIC_ROOT]),
+}
+
+
 class Settings(BaseSettings):
     """The whole system's configuration."""
 
@@ -211,6 +268,13 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     trainer: TrainerSettings = TrainerSettings()
     serving: ServingSettings = ServingSettings()
+    # Datasets by name (the built-in two are always there; a TOML table adds or overrides one).
+    datasets: dict[str, DatasetSettings] = dict(BUILTIN_DATASETS)
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _keep_builtin_datasets(cls, v):
+        return {**BUILTIN_DATASETS, **(v or {})}
 
     @classmethod
     def settings_customise_sources(

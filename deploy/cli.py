@@ -34,37 +34,60 @@ Port = typer.Option(None, help="Broker port on 127.0.0.1 (default: settings.brok
 
 @app.command()
 def up(data_dir: Optional[Path] = DataDir, port: Optional[int] = Port) -> None:
-    """Start the embedded stack in the background (broker, topics, workers); `learn down` stops it."""
-    from deploy.broker import free_port
-    from deploy.stack import Stack
+    """Start the whole stack in the background under supervisord (S3 server + broker, topics, encoder
+    worker, interaction worker, trainer, API), each restarted if it dies; a second `up` starts nothing twice."""
+    from deploy.broker import BrokerError
+    from deploy.supervisor import SupervisorError, health
+    from deploy.supervisor import up as stack_up
 
     s = _settings(data_dir, port)
-    stack = Stack(s, s.data_dir / "run")
-    stack.start_broker()
-    created = stack.create_topics()
-    stack.start_worker("interactions", free_port(s.worker.web_host))
-    console.print(f"broker on {s.broker.bootstrap}; topics created: {', '.join(created) or 'none (existed)'}")
-    for name, proc in stack.procs.items():
-        console.print(f"  {name}: pid {proc.pid}, log {stack.log_path(name)}")
-    stack.procs.clear()  # leave them running: pid files under <data_dir>/run
+    run_dir = s.data_dir / "run"
+    try:
+        r = stack_up(s, run_dir)
+    except (BrokerError, SupervisorError) as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1)
+    sup = "started" if r.supervisord_started else "already running"
+    console.print(f"supervisord (pid {r.supervisord_pid}) {sup}; broker {s.broker.bootstrap}; "
+                  f"topics created: {', '.join(r.topics_created) or 'none (existed)'}")  # fmt: skip
+    console.print(f"started: {', '.join(r.started) or 'nothing'}; already running: {', '.join(r.already_running) or 'nothing'}")
+    _print_health(health(run_dir), run_dir)
 
 
 @app.command()
 def down(data_dir: Optional[Path] = DataDir) -> None:
-    """Stop what `learn up` started."""
-    from deploy.stack import stop_pidfiles
+    """Stop everything `learn up` started (workers first, the broker and its S3 server last)."""
+    from deploy.supervisor import down as stack_down
 
     s = _settings(data_dir)
-    stopped = stop_pidfiles(s.data_dir / "run")
-    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    stopped = stack_down(s.data_dir / "run")
+    console.print(f"stopped: {', '.join(f'{n} (pid {p})' for n, p in stopped) or 'nothing was running'}")
+
+
+def _print_health(rows, run_dir: Path) -> None:
+    from rich.table import Table
+
+    if not rows:
+        console.print(f"no stack running (no supervisord answers in {run_dir})")
+        return
+    table = Table("process", "state", "pid", "restarts", "up for", "log")
+    for h in rows:
+        table.add_row(h.name, h.state, str(h.pid or "-"), str(h.restarts),
+                      "-" if h.uptime_s is None else f"{h.uptime_s:.0f} s", str(run_dir / f"{h.name}.log"))  # fmt: skip
+    console.print(table)
 
 
 @app.command()
 def status(data_dir: Optional[Path] = DataDir) -> None:
-    """What the state store holds: users, counters, consumed offsets."""
+    """Each process of `learn up` (state, pid, restarts), then what the state store holds."""
+    from deploy.supervisor import health
     from store.state import StateReader
 
     s = _settings(data_dir)
+    _print_health(health(s.data_dir / "run"), s.data_dir / "run")
+    if not s.state_path.is_dir():
+        console.print(f"state store: none yet at {s.state_path}")
+        return
     reader = StateReader(s.state_path, s.topics.interactions)
     console.print(f"users: {sum(1 for _ in reader.users())}")
     console.print(f"counters: {dict(reader.counters())}")
@@ -72,34 +95,103 @@ def status(data_dir: Optional[Path] = DataDir) -> None:
     reader.close()
 
 
+DataOption = typer.Option(None, "--data", help="A dataset folder (plain, lcrec or atomic files: README, 'Bring your own data') "
+                          "or a dataset name from the settings (\\[datasets.<name>]; default: the UniSRec Scientific split).")  # fmt: skip
+FormatOption = typer.Option("auto", "--format", help="auto | plain | lcrec | atomic (auto: detected from the files).")
+PrefixOption = typer.Option("", "--prefix", help="File-name prefix of lcrec/atomic files (default: the one present).")
+
+
+def _fail(message: str) -> None:
+    """A short error on stderr and exit status 2: no traceback for bad input."""
+    Console(stderr=True, soft_wrap=True).print(f"error: {message}", style="red", markup=False, highlight=False)
+    raise typer.Exit(2)
+
+
 @app.command()
 def demo(
+    data: Optional[str] = DataOption,
+    data_format: str = FormatOption,
+    prefix: str = PrefixOption,
     users: Optional[int] = typer.Option(None, help="Replay only this many users (default: all)."),
     events_per_s: float = typer.Option(100.0, help="Event-time rate the replay assigns to interactions."),
+    speedup: Optional[float] = typer.Option(None, help="Data with timestamps: data seconds per second of event "
+                                            "time (default: the one that fits --events-per-s)."),  # fmt: skip
     window_s: float = typer.Option(60.0, help="The trainer's window, in seconds of event time."),
     data_dir: Optional[Path] = DataDir,
     port: Optional[int] = Port,
     run_dir: Optional[Path] = typer.Option(None, help="Where logs and the report go (default: runs/<time>)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """The main job: the whole pipeline on the real Scientific data, with a report."""
-    from deploy.demo import run_demo
-
+    """The main job: the whole pipeline live on a dataset (default: the real Scientific data), with a report."""
     from deploy.broker import free_port, port_open
+    from deploy.demo import run_demo
+    from streams.datasets import DatasetError, resolve
 
+    base = _settings(data_dir, port)
+    try:
+        src = resolve(data or "amazon-scientific-unisrec", base.datasets, base.shared_data_dir, data_format, prefix)
+    except DatasetError as e:
+        _fail(str(e))
     run_dir = (run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
     s = _settings(data_dir or run_dir / "data", port)
     if port is None and port_open(s.broker.host, s.broker.port):  # another stack runs: don't collide
         s = _settings(data_dir or run_dir / "data", free_port(s.broker.host))
         console.print(f"port {load_settings().broker.port} is busy: this demo's broker uses {s.broker.port}")
-    report = run_demo(s, run_dir, users=users, events_per_s=events_per_s, window_s=window_s,
-                      progress=progress, console=console)  # fmt: skip
+    report = run_demo(s, run_dir, dataset=src, users=users, events_per_s=events_per_s, window_s=window_s,
+                      progress=progress, console=console, speedup=speedup)  # fmt: skip
     raise typer.Exit(0 if report.ok else 1)
 
 
 @app.command()
+def replay(
+    data: Optional[str] = DataOption,
+    data_format: str = FormatOption,
+    prefix: str = PrefixOption,
+    users: Optional[int] = typer.Option(None, help="Replay only this many users (default: all)."),
+    events_per_s: float = typer.Option(100.0, help="Interactions per second (data without timestamps), or the "
+                                       "average rate the default speed-up aims at."),  # fmt: skip
+    speedup: Optional[float] = typer.Option(None, help="Data with timestamps: data seconds per second of replay "
+                                            "(1: real time)."),  # fmt: skip
+    realtime: bool = typer.Option(True, "--realtime/--fast", help="Send each event when its time comes (event "
+                                  "times start now), or all at once (event times end now)."),  # fmt: skip
+    items: bool = typer.Option(True, "--items/--no-items", help="Send the catalogue's item texts first."),
+    interactions: bool = typer.Option(True, "--interactions/--no-interactions", help="Send the interactions."),
+    data_dir: Optional[Path] = DataDir,
+    port: Optional[int] = Port,
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Produce a dataset's items and interactions into the running stack (`learn up`), with kafka-python as a
+    catalogue service and product producers would; the broker is the settings' one."""
+    from deploy.broker import port_open
+    from streams.datasets import DatasetError, read_source, resolve, subsample
+    from streams.producer import EventProducer
+    from streams.replay import replay_dataset
+
+    s = _settings(data_dir, port)
+    try:
+        ds = subsample(read_source(resolve(data or "amazon-scientific-unisrec", s.datasets, s.shared_data_dir,
+                                           data_format, prefix)), users)  # fmt: skip
+    except DatasetError as e:
+        _fail(str(e))
+    if not port_open(s.broker.host, s.broker.port):
+        _fail(f"no broker answers at {s.broker.bootstrap}: start the stack with `learn up` (or set LEARN_BROKER__PORT)")
+    producer = EventProducer(s)
+    try:
+        out = replay_dataset(producer, ds, events_per_s=events_per_s, speedup=speedup, realtime=realtime,
+                             items=items, interactions=interactions, progress=progress)  # fmt: skip
+    finally:
+        producer.close()
+    pace = f"timestamps compressed {out['speedup']:.3g}x" if out["speedup"] else f"{events_per_s:g} events/s"
+    console.print(f"{ds.name}: {out['items']} items and {out['interactions']} interactions sent to {s.broker.bootstrap} "
+                  f"({pace}; {out['span_s']:.0f} s of event time; {out['skipped']} refused by the schema)")  # fmt: skip
+
+
+@app.command()
 def train(
-    dataset: str = typer.Option("amazon-scientific-unisrec", help="amazon-scientific-unisrec | amazon-scientific-lcrec"),
+    data: Optional[str] = DataOption,
+    dataset: Optional[str] = typer.Option(None, help="Same as --data (kept for old scripts)."),
+    data_format: str = FormatOption,
+    prefix: str = PrefixOption,
     encoder: Optional[str] = typer.Option(None, help="smollm2 | minilm | a local HF path (default: settings)."),
     item_tower: Optional[str] = typer.Option(None, help="LEARN item tower: a | b | c (default: settings)."),
     model: str = typer.Option("learn", help="learn | zero-training | popularity"),
@@ -111,15 +203,26 @@ def train(
     dense_weight: Optional[float] = typer.Option(
         None, help="With the full softmax: weight of the paper's dense all-action loss added to it."
     ),
+    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's, all cores)."),
     run_dir: Optional[Path] = typer.Option(None, help="Output dir (default: runs/train-<model>-<time>)."),
     data_dir: Optional[Path] = DataDir,
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Offline LEARN on real data: encode items (cached), train the twin towers, evaluate (results.json, curve.png)."""
+    """Offline LEARN on a dataset (default: the UniSRec Scientific split): encode items (cached), train the
+    twin towers, evaluate (results.json, curve.png)."""
+    from pydantic import ValidationError
+
+    from streams.datasets import DatasetError
     from trainer.offline import train_cli
 
-    train_cli(_settings(data_dir), dataset, encoder, item_tower, model, seed, users, loss, whiten, epochs,
-              run_dir, progress, dense_weight=dense_weight)  # fmt: skip
+    if model not in ("learn", "zero-training", "popularity"):
+        _fail(f"unknown model {model!r}: choose learn, zero-training or popularity")
+    try:
+        train_cli(_settings(data_dir), data or dataset or "amazon-scientific-unisrec", encoder, item_tower, model,
+                  seed, users, loss, whiten, epochs, run_dir, progress, threads=threads, dense_weight=dense_weight,
+                  data_format=data_format, prefix=prefix)  # fmt: skip
+    except (DatasetError, ValidationError) as e:
+        _fail(str(e))
 
 
 model_app = typer.Typer(help="Published model versions (the registry).", no_args_is_help=True)

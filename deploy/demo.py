@@ -1,14 +1,17 @@
-"""The main job (`learn demo` / `make demo`): the whole pipeline live on the real Scientific data.
+"""The main job (`learn demo` / `make demo`): the whole pipeline live on a dataset (default: the real
+Scientific data; `--data PATH` any supported dataset, streams/datasets.py).
 
 1. starts the embedded stack as separate processes, each with its own log file: the broker, the
    encoder worker, the interaction worker, then the incremental trainer and the API;
-2. streams the catalogue's item texts to `items` and waits until every item has its content
-   embedding, then streams the users' interactions to `interactions` (each user's order kept, users
-   interleaved, event times assigned by the replay at `events_per_s` of event time), plus a few
+2. replays the dataset (streams/replay.py): the catalogue's item texts to `items`, waits until every
+   item has its content embedding, then the users' interactions to `interactions` (in the data's
+   time order, compressed to last about n / `events_per_s` seconds of event time, when it has
+   timestamps; otherwise each user's order kept, users interleaved, at `events_per_s`), plus a few
    malformed records that must end in the dead-letter topic;
 3. the trainer refreshes the towers on each closed event-time window and prints its prequential
    NDCG@10 (test, then train) next to a popularity ranking tested on the same events;
-4. queries the API for a few users and prints their last items and their recommendations;
+4. queries the API (serving/client.py) for a few users and prints their last items and their
+   recommendations;
 5. writes report.md, report.json and PNG plots under the run directory.
 Every process is stopped at the end, also on Ctrl-C (the Stack context manager).
 """
@@ -24,7 +27,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 from kafka import KafkaConsumer
 from rich.console import Console
 from rich.table import Table
@@ -34,11 +36,12 @@ from config import REPO_ROOT, Settings
 from deploy.broker import free_port
 from deploy.stack import Stack, settings_env
 from serving.api import command as api_command
+from serving.client import ApiError, fetch_recommendations
 from store.state import StateReader
 from store.vectors import CONTENT, VectorStore
-from streams.datasets import UNISREC, RawDataset, read_dataset
+from streams.datasets import UNISREC, DatasetSource, read_source, resolve, subsample
 from streams.producer import EventProducer
-from streams.replay import interaction_events, interleave, item_records, produce
+from streams.replay import plan_interactions, replay_interactions, replay_items
 from streams.schemas import Interaction
 from trainer.incremental import plot_windows, read_windows
 
@@ -55,6 +58,7 @@ SENTINEL_USER = "demo-clock"  # one event past the last window closes it (a live
 @dataclass
 class DemoReport:
     run_dir: Path
+    dataset: dict = field(default_factory=dict)
     stages: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     windows: list[dict] = field(default_factory=list)
@@ -67,10 +71,13 @@ class DemoReport:
         return bool(self.checks) and all(self.checks.values())
 
     def write(self) -> Path:
-        data = {"ok": self.ok, "checks": self.checks, "stages": self.stages, "seconds": self.seconds,
+        data = {"ok": self.ok, "checks": self.checks, "dataset": self.dataset, "stages": self.stages, "seconds": self.seconds,
                 "windows": self.windows, "freshness": self.freshness, "recommendations": self.recommendations}  # fmt: skip
         (self.run_dir / "report.json").write_text(json.dumps(data, indent=2))
+        d = self.dataset
         lines = ["# learn-stream demo report", "", f"Run directory: `{self.run_dir}`", "",
+                 f"Dataset: {d.get('name')} ({d.get('format')}, `{d.get('path')}`), {d.get('items')} items, "
+                 f"{d.get('users')} users, {d.get('interactions')} interactions; event times: {d.get('pace')}", "",
                  "## Stages", "", "| stage | records in | processed | other |", "|---|---|---|---|"]  # fmt: skip
         for name, s in self.stages.items():
             other = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("in", "processed"))
@@ -99,19 +106,6 @@ class DemoReport:
 
 def _f(x, digits: int = 4) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
-
-
-def subsample(ds: RawDataset, users: int | None, seed: int = 0) -> RawDataset:
-    """`users` users of a seeded shuffle, with only the items they touch plus 10% others."""
-    if not users or users >= len(ds.sequences):
-        return ds
-    rng = random.Random(seed)
-    chosen = rng.sample(sorted(ds.sequences), users)
-    sequences = {u: ds.sequences[u] for u in chosen}
-    used = {i for seq in sequences.values() for i in seq}
-    others = [i for i in ds.items if i not in used]
-    keep = used | set(rng.sample(others, min(len(others), len(used) // 10)))
-    return RawDataset(ds.name, {i: it for i, it in ds.items.items() if i in keep}, sequences)
 
 
 def count_topic(settings: Settings, topic: str, expected: int, timeout_s: float = 20.0) -> int:
@@ -174,14 +168,17 @@ def plot_report(run_dir: Path, rows: list[dict], fresh: list[float], rates: dict
 def run_demo(
     settings: Settings,
     run_dir: Path,
-    dataset: str = UNISREC,
+    dataset: str | Path | DatasetSource = UNISREC,
     users: int | None = None,
     events_per_s: float = 100.0,
     window_s: float = 60.0,
     show_users: int = 3,
     progress: bool = True,
     console: Console | None = None,
+    speedup: float | None = None,
 ) -> DemoReport:
+    """`dataset`: a name from the settings' datasets, a folder, or a DatasetSource. `speedup` (data
+    with timestamps only): data seconds per second of event time (default: fit `events_per_s`)."""
     console = console or Console()
     # The catalogue is encoded before any interaction is streamed, while every other process idles:
     # unless configured otherwise, the encoder worker's torch gets every core (0) for that stage.
@@ -193,10 +190,18 @@ def run_demo(
     })  # fmt: skip
     report = DemoReport(run_dir)
     t0 = time.monotonic()
-    ds = subsample(read_dataset(settings.shared_data_dir, dataset), users)
-    n_events = sum(len(s) for s in ds.sequences.values())
-    console.print(f"[bold]dataset[/] {dataset}: {len(ds.items)} items, {len(ds.sequences)} users, {n_events} "
-                  f"interactions; windows of {window_s:.0f} s event time at {events_per_s:.0f} events/s")  # fmt: skip
+    src = dataset if isinstance(dataset, DatasetSource) else resolve(dataset, settings.datasets, settings.shared_data_dir)
+    ds = subsample(read_source(src), users)
+    plan = plan_interactions(ds, events_per_s=events_per_s, speedup=speedup, end=time.time() - 2 * window_s)
+    events = plan.interactions()  # the replay's event time ends ~now
+    start = events[0].event_time
+    n_events = len(events)
+    pace = (f"the data's timestamps compressed {plan.speedup:.0f}x" if plan.speedup else f"{events_per_s:.0f} events/s")
+    console.print(f"[bold]dataset[/] {src.name} ({src.format}, {src.directory}): {len(ds.items)} items, "
+                  f"{len(ds.sequences)} users, {n_events} interactions; windows of {window_s:.0f} s event time, "
+                  f"{pace}")  # fmt: skip
+    report.dataset = {**src.describe(), "items": len(ds.items), "users": len(ds.sequences), "interactions": n_events,
+                      "pace": pace, "speedup": plan.speedup, "skipped": plan.skipped}  # fmt: skip
     env = {**os.environ, **settings_env(settings)}
     with Stack(settings, run_dir) as stack:
         stack.start_broker()
@@ -209,9 +214,7 @@ def run_demo(
 
         # -- items -> content embeddings (the first run's slow part; the cache makes later runs fast)
         t = time.monotonic()
-        start = time.time() - n_events / events_per_s - 2 * window_s  # the replay's event time ends ~now
-        produce(producer.send_item, item_records(ds, start), desc="items", progress=progress)
-        producer.flush()
+        replay_items(producer, ds, start, progress)
         encoded = follow("items -> vectors", len(ds.items), lambda: encoded_count(settings),
                          timeout_s=120 + 0.5 * len(ds.items), progress=progress, unit="item")  # fmt: skip
         report.seconds["encode items"] = time.monotonic() - t
@@ -222,14 +225,8 @@ def run_demo(
         # -- interactions -> state; the trainer follows the windows
         stack.start_process("trainer", [sys.executable, "-m", "deploy.cli", "trainer"], env)
         t = time.monotonic()
-        events = list(interaction_events(interleave(ds.sequences, seed=0), start, events_per_s))
         produced_at: list[float] = []
-
-        def send(ev: Interaction) -> None:
-            producer.send_interaction(ev)
-            produced_at.append(time.time())
-
-        produce(send, events, desc="interactions", progress=progress)
+        replay_interactions(producer, events, progress=progress, on_sent=lambda ev: produced_at.append(time.time()))
         for raw in BAD_INTERACTIONS:
             producer.send_raw(settings.topics.interactions, b"bad-producer", raw)
         last_time = events[-1].event_time
@@ -284,14 +281,14 @@ def run_demo(
         stack.wait_http("api", f"{base}/ready?require_model=true", timeout_s=180)
         rng = random.Random(1)
         for user in rng.sample(sorted(ds.sequences), min(show_users, len(ds.sequences))):
-            r = httpx.get(f"{base}/users/{user}/recommendations", params={"k": 10}, timeout=30)
-            if r.status_code != 200:
-                report.recommendations.append({"user_id": user, "status": r.status_code, "items": [], "last_titles": []})
+            try:
+                rec = fetch_recommendations(base, user, 10, "none", api.serving.token, timeout_s=30)
+            except ApiError as e:
+                report.recommendations.append({"user_id": user, "status": str(e), "items": [], "last_titles": []})
                 continue
-            body = r.json()
             last = [ds.items[i].title if i in ds.items else i for i in ds.sequences[user][-3:]]
-            report.recommendations.append({"user_id": user, "status": 200, "version": body.get("model_version"),
-                                           "last_titles": last, "items": body.get("items", [])})  # fmt: skip
+            report.recommendations.append({"user_id": user, "status": 200, "version": rec.model_version,
+                                           "last_titles": last, "items": [it.model_dump() for it in rec.items]})  # fmt: skip
         report.seconds["queries"] = time.monotonic() - t
         producer.close()
 

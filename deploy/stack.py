@@ -1,8 +1,9 @@
-"""The embedded stack on one machine: the broker, its topics and the worker processes.
+"""The embedded stack on one machine, in the foreground: the broker, its topics and the worker processes.
 
 Every process gets the same settings (passed as `LEARN_*` environment variables) and its own log file
 under the run directory. `Stack` is a context manager: leaving it, normally or on Ctrl-C, stops every
-process it started, workers first, the broker last.
+process it started, workers first, the broker next, its S3 server last. (`learn up` runs the same
+programs in the background under supervisord instead: deploy/supervisor.py.)
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def worker_command(module: str, web_host: str, web_port: int) -> list[str]:
+    """The argv of a faust worker process (its web port given here overrides the settings' one)."""
+    return [sys.executable, "-m", "faust", "-A", module, "worker", "-l", "info",
+            "--web-port", str(web_port), "--web-host", web_host]  # fmt: skip
+
+
 @dataclass
 class Stack:
     settings: Settings
@@ -54,10 +61,10 @@ class Stack:
         return self.run_dir / f"{name}.log"
 
     # ---- processes ----
-    def start_broker(self) -> None:
-        b = self.settings.broker
-        self.procs["broker"] = start_broker(b.host, b.port, self.log_path("broker"))
-        self._write_pid("broker")
+    def start_broker(self, names: tuple[str, ...] | None = None) -> None:
+        """The embedded broker per `broker.storage` ("s3": its S3 server, then Tansu); none if external.
+        `names` starts only those of its processes again (after `kill`)."""
+        self.procs.update(start_broker(self.settings, self.run_dir, names))
 
     def create_topics(self) -> list[str]:
         return ensure_topics(self.settings.broker.bootstrap, topic_specs(self.settings))
@@ -69,9 +76,7 @@ class Stack:
             update={"worker": self.settings.worker.model_copy(update={"web_port": web_port})}
         )
         env = {**os.environ, **settings_env(s), "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "faust", "-A", module, "worker", "-l", "info",
-               "--web-port", str(web_port), "--web-host", s.worker.web_host]  # fmt: skip
-        self.start_process(name, cmd, env)
+        self.start_process(name, worker_command(module, s.worker.web_host, web_port), env)
         self.wait_http(name, f"http://{s.worker.web_host}:{web_port}/counts")
 
     def start_process(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
@@ -79,7 +84,6 @@ class Stack:
         self.procs[name] = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-        self._write_pid(name)
 
     def wait_http(self, name: str, url: str, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -114,14 +118,11 @@ class Stack:
         proc = self.procs.pop(name, None)
         if proc is not None:
             stop_process(proc)
-        (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
 
     def stop_all(self) -> None:
-        for name in [n for n in self.procs if n != "broker"] + ["broker"]:
+        last = [n for n in ("broker", "s3") if n in self.procs]
+        for name in [n for n in self.procs if n not in last] + last:
             self.stop(name)
-
-    def _write_pid(self, name: str) -> None:
-        (self.run_dir / f"{name}.pid").write_text(str(self.procs[name].pid))
 
     def __enter__(self) -> "Stack":
         # SIGTERM (a supervisor, `kill`) unwinds like Ctrl-C, so the processes are stopped, not orphaned.
@@ -142,23 +143,4 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def stop_pidfiles(run_dir: Path) -> list[str]:
-    """Stop processes left by `learn up` (their pid files), workers first, broker last."""
-    stopped = []
-    pidfiles = sorted(run_dir.glob("*.pid"), key=lambda p: p.stem == "broker")
-    for pidfile in pidfiles:
-        pid = int(pidfile.read_text())
-        try:
-            os.killpg(pid, signal.SIGTERM)
-            for _ in range(100):
-                os.kill(pid, 0)
-                time.sleep(0.1)
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        pidfile.unlink(missing_ok=True)
-        stopped.append(pidfile.stem)
-    return stopped
-
-
-__all__ = ["Stack", "WORKERS", "settings_env", "stop_pidfiles", "BrokerError", "port_open"]
+__all__ = ["Stack", "WORKERS", "settings_env", "worker_command", "BrokerError", "port_open"]

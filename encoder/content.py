@@ -2,8 +2,11 @@
 
 One object serves the offline trainer (the whole catalogue) and the streaming encoder worker (one
 micro-batch at a time): `encode(prompts)` looks every prompt up in the embedding cache, runs the LLM
-only on the misses, and stores what it computed. Misses are sorted by token length and padded per
-batch (length bucketing), so short texts never pay for long ones. No gradients, `inference_mode`,
+only on the misses, and stores each batch's vectors as soon as they are computed (an interrupted
+encode resumes where it stopped). Misses are sorted by token length and padded per batch (length
+bucketing), so short texts never pay for long ones; the batches then run in a seeded shuffled order
+(long and short mixed, not longest first), so the rate the progress bar sees early is the rate of
+the whole encode and its ETA holds from the first batches. No gradients, `inference_mode`,
 fp32 on CPU and bf16 on CUDA unless settings.encoder.dtype says otherwise; vectors come back as
 float32 whatever the compute dtype.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,11 +92,11 @@ class ContentEncoder:
         over = np.nonzero(lengths > self.settings.max_tokens)[0]
         self.last_stats.truncated += len(over)
         self.last_stats.truncated_examples = over[:5].tolist()
-        order = np.argsort(-lengths, kind="stable")  # longest first: memory peaks early
-        bs = self.settings.batch_size
-        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+        batches = batch_plan(lengths, self.settings.batch_size)
+        bar = tqdm(total=len(prompts), desc=f"encode {self.settings.model}", unit="item", disable=not progress,
+                   mininterval=1.0)  # fmt: skip
         with torch.inference_mode():
-            for b in tqdm(batches, desc=f"encode {self.settings.model}", disable=not progress):
+            for b in batches:
                 enc = tok(
                     [prompts[i] for i in b],
                     padding=True,
@@ -101,12 +105,18 @@ class ContentEncoder:
                     return_tensors="pt",
                 ).to(llm.device)
                 yield b, enc["attention_mask"], llm.model(**enc, **model_kwargs)
+                bar.update(len(b))
+        bar.close()
 
-    def _encode_uncached(self, prompts: list[str], progress: bool) -> np.ndarray:
+    def _encode_uncached(self, prompts: list[str], progress: bool,
+                         on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:  # fmt: skip
+        """(N, d) vectors; `on_batch(row indices, their vectors)` after every forward pass."""
         out = np.zeros((len(prompts), self.llm.hidden_size), dtype=np.float32)
         for b, mask, res in self._forward_batches(prompts, progress):
             hidden = res.last_hidden_state  # (B, T, d)
             out[b] = content_embedding(hidden, mask).cpu().numpy()  # (B, d)
+            if on_batch is not None:
+                on_batch(b, out[b])
         return out
 
     def encode_every_layer(self, prompts: list[str], progress: bool = False) -> np.ndarray:
@@ -137,10 +147,15 @@ class ContentEncoder:
         self.last_stats.cache_hits = len(prompts) - sum(v is None for v in cached)
         computed: dict[str, np.ndarray] = {}
         if missing:
-            vecs = self._encode_uncached(missing, progress)
+            if self.cache is None:
+                vecs = self._encode_uncached(missing, progress)
+            else:
+                def commit(rows: np.ndarray, vectors: np.ndarray) -> None:  # each batch is kept at once
+                    self.cache.put_many(self.model_id, self.template, [missing[i] for i in rows], vectors)
+
+                with self.cache.writing():
+                    vecs = self._encode_uncached(missing, progress, on_batch=commit)
             self.last_stats.encoded = len(missing)
-            if self.cache is not None:
-                self.cache.put_many(self.model_id, self.template, missing, vecs)
             computed = dict(zip(missing, vecs))
             if self.last_stats.truncated:
                 log.warning(
@@ -154,3 +169,12 @@ class ContentEncoder:
     @property
     def dim(self) -> int:
         return self.llm.hidden_size
+
+
+def batch_plan(lengths: np.ndarray, batch_size: int, seed: int = 0) -> list[np.ndarray]:
+    """Forward passes over texts of these token lengths: cut in length order (little padding), run in
+    a seeded shuffled order, so any prefix is a fair sample of the cost and the ETA is honest."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    np.random.default_rng(seed).shuffle(batches)
+    return batches

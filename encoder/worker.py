@@ -6,18 +6,29 @@ functions (the encoder sorts a micro-batch by token length into forward passes o
 a backlog is encoded with as little padding as the encoder alone; a trickle, one small pass each):
 
 1. `parse_batch` (pure): decode each record, build its prompt; the last record of an item id in the
-   batch wins; refused records become dead letters with their reason.
+   batch wins. A record with a null value and a key (a Kafka tombstone) deletes the key's item, like
+   one with `"deleted": true`. Any error while reading one record makes it a dead letter with its
+   reason; the rest of the batch goes on.
 2. `Pipeline.count_tokens` (in the executor): prompts longer than `encoder.max_tokens` are truncated;
    each is recorded (row flag `truncated`, a notice on `items.dlq`, a counter).
 3. the dead letters are sent and their delivery awaited: a crash after this re-sends, never loses them.
 4. `Pipeline.write` (in the executor, so the event loop keeps heart-beating while the LLM runs): the
    forward passes for the batch's cache misses (`ContentEncoder`), then upserts into `content` and, when
    the registry has a current model version, the item tower's vectors into that version's collection;
-   tombstones delete the item from `content` and from every `items_<version>` collection.
-Only after `write` returns (rows durably in the store) does the agent ask for the next batch, which is
-when faust acks this batch's offsets for the next commit. A SIGKILL at any moment therefore at worst
-re-delivers records whose rows are already written, and primary-key upserts make that harmless.
-A store error is retried (with backoff) rather than raised, since raising would ack the batch.
+   tombstones delete the item from `content`, from every `items_<version>` collection and from the titles.
+Steps 2 and 4 run the whole batch at once and, if that fails, each record alone: a record that fails
+alone is dead-lettered, unless a known-good probe text fails too (the model or the device is broken,
+not the record), and errors that are not about one record (the store down) are retried with backoff.
+
+The agent acknowledges a batch's records itself (`noack_take`), only after `write` returns (rows
+durably in the store); faust commits acknowledged offsets only. A SIGKILL at any moment therefore at
+worst re-delivers records whose rows are already written, and primary-key upserts make that harmless.
+A dead letter that cannot be delivered within `worker.dead_letter_timeout_s`, or any unexpected error,
+stops the process at once with a non-zero exit (`stop_loudly`): its batch stays unacknowledged and is
+read again after the restart, never skipped.
+
+Importing this module declares the faust app and its topics only; the model, the vector store and the
+executor are built when the worker starts (`pipeline()`, `executor()`).
 
 This process is the host of a milvus-lite vector store (see store/vectors.py): readers in other
 processes are served through it.
@@ -27,14 +38,20 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import hashlib
 import logging
+import os
+import sys
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import numpy as np
 from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
 
 from config import Settings, load_settings
 from encoder.content import ContentEncoder
@@ -44,19 +61,25 @@ from store.titles import write_titles
 from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore
 from streams.app import make_app, raw_topic
 from streams.metrics import BATCH_SIZE, DEAD_LETTERS, LATENCY, RECORDS, register_pages
-from streams.schemas import DeadLetter, RecordError, dead_letter, decode_item, encode
+from streams.schemas import MIN_EVENT_TIME, DeadLetter, ItemRecord, RecordError, dead_letter, decode_item, encode
 
 log = logging.getLogger(__name__)
 
 WORKER = "encoder"
 CHARS_PER_TOKEN_CAP = 32  # prompts are cut to max_tokens * 32 characters before tokenizing (megabyte texts)
 MAX_DLQ_PAYLOAD = 4 * 1024 * 1024  # larger originals are cut in the dead letter (payload_bytes keeps the size)
+MAX_REASON_CHARS = 500  # an unexpected exception's message is cut to this in a dead letter's reason
+# A text every model and tokenizer handles: when records fail one by one, it tells a broken model
+# (the probe fails too: retry the batch) from bad records (the probe passes: dead-letter them).
+PROBE = "Title: Glass beaker, 250 ml Brand: Pyrex Category: Labware"
+EXIT_STOPPED = 3  # the exit status of `stop_loudly`
 
 ITEMS_ENCODED = Counter("learn_encoder_items_encoded_total", "Item texts run through the LLM")
 CACHE_HITS = Counter("learn_encoder_cache_hits_total", "Item texts whose embedding came from the cache")
 TRUNCATED = Counter("learn_encoder_truncated_total", "Item texts cut at encoder.max_tokens")
 TOKENS = Counter("learn_encoder_tokens_total", "Tokens run through the LLM (after truncation)")
-STORE_RETRIES = Counter("learn_encoder_store_retries_total", "Batches whose write to the store was retried")
+STORE_RETRIES = Counter("learn_encoder_store_retries_total",
+                        "Batch steps (token count, encode and store write) retried after an error not about one record")
 ENCODE_SECONDS = Histogram(
     "learn_encoder_encode_seconds", "Time of one batch's encode (cache lookups + forward pass)",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
@@ -98,6 +121,11 @@ class Batch:
     rejected: list[DeadLetter] = field(default_factory=list)
     superseded: int = 0  # records replaced by a later record of the same item in the batch
 
+    def refuse(self, p: Pending, reason: str, topic: str) -> None:
+        """Take an upsert out of the batch and dead-letter its record instead."""
+        self.upserts.pop(p.item_id, None)
+        self.rejected.append(letter(p.raw, RecordError(reason), topic, p.partition, p.offset, p.key))
+
 
 def parse_batch(events, settings: Settings) -> Batch:
     """Decode a batch of faust events into upserts, deletes (last record per item wins) and dead letters."""
@@ -107,12 +135,13 @@ def parse_batch(events, settings: Settings) -> Batch:
     for ev in events:
         m = ev.message
         try:
-            rec = decode_item(ev.value)
+            rec = decode_record(ev.value, ev.key, m.timestamp)
             prompt = "" if rec.deleted else build_prompt(rec.text_fields(), settings.encoder.template)
             if not rec.deleted and not prompt:
                 raise RecordError(f"no text for the template: fields {sorted(rec.text_fields())} fill none of it")
-        except RecordError as e:
-            batch.rejected.append(letter(ev.value, e, topic, m.partition, m.offset, ev.key))
+        except Exception as e:  # noqa: BLE001 - whatever one record breaks, it is that record's dead letter
+            batch.rejected.append(letter(ev.value, as_record_error(e, "reading the record"), topic, m.partition,
+                                         m.offset, ev.key))  # fmt: skip
             continue
         if rec.item_id in batch.upserts or rec.item_id in batch.deletes:
             batch.superseded += 1
@@ -127,10 +156,65 @@ def parse_batch(events, settings: Settings) -> Batch:
     return batch
 
 
-def letter(raw: bytes, e: RecordError, topic: str, partition, offset, key) -> DeadLetter:
-    """A dead letter whose payload is cut at MAX_DLQ_PAYLOAD bytes; payload_bytes keeps the real size."""
+def decode_record(value: bytes | None, key: bytes | None, timestamp_ms: float | None) -> ItemRecord:
+    """One `items` record as an ItemRecord. A null value is a tombstone: it deletes the item its key names."""
+    if value is not None:
+        return decode_item(value)
+    if key is None:
+        raise RecordError("null value (a tombstone) without a key: no item id to delete")
+    return tombstone(key, timestamp_ms)
+
+
+def tombstone(key: bytes, timestamp_ms: float | None) -> ItemRecord:
+    """The deletion of the item whose id is `key` (validated like any item id), at the record's time."""
+    try:
+        item_id = key.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError(f"null value (a tombstone) whose key is not UTF-8 (byte {e.start}): no item id") from None
+    now = time.time()
+    t = (timestamp_ms or 0) / 1000
+    try:
+        return ItemRecord(item_id=item_id, deleted=True, event_time=t if MIN_EVENT_TIME <= t <= now else now)
+    except ValidationError as e:
+        rules = "; ".join(err["msg"] for err in e.errors(include_url=False))
+        raise RecordError(f"null value (a tombstone) whose key {item_id[:80]!r} is not an item id: {rules}") from None
+
+
+def as_record_error(e: Exception, doing: str) -> RecordError:
+    """A record's own error as is; anything else it raised, named with what was being done."""
+    if isinstance(e, RecordError):
+        return e
+    return RecordError(f"{doing} failed: {type(e).__name__}: {e}"[:MAX_REASON_CHARS])
+
+
+def letter(raw: bytes | None, e: RecordError, topic: str, partition, offset, key) -> DeadLetter:
+    """A dead letter whose payload is cut at MAX_DLQ_PAYLOAD bytes; payload_bytes keeps the real size.
+    A null value is an empty payload of 0 bytes (the reason says it was null)."""
+    raw = raw if isinstance(raw, bytes) else b""
     x = dead_letter(raw[:MAX_DLQ_PAYLOAD], e, topic, partition, offset, key)
     return x.model_copy(update={"payload_bytes": len(raw)})
+
+
+def batch_or_each(fn: Callable[[list], Sequence], xs: list, doing: str,
+                  probe: Callable[[], object] | None = None) -> tuple[dict[int, object], dict[int, str]]:  # fmt: skip
+    """`fn(xs)` at once or, if that raises, `fn([x])` for each x alone: ({index: result}, {index: reason}).
+
+    When some fail alone, `probe()` (default: `fn([PROBE])`) decides whose fault it is: if it raises
+    too, the error is not about those records (a broken model or device) and propagates, so the batch
+    is retried instead of dead-lettered."""
+    try:
+        return dict(enumerate(fn(xs))), {}
+    except Exception:  # noqa: BLE001 - find the records that fail alone
+        log.exception("%s of %d records at once failed: trying each alone", doing, len(xs))
+    done, failed = {}, {}
+    for i, x in enumerate(xs):
+        try:
+            done[i] = fn([x])[0]
+        except Exception as e:  # noqa: BLE001
+            failed[i] = as_record_error(e, doing).reason
+    if failed:
+        (probe or (lambda: fn([PROBE])))()
+    return done, failed
 
 
 def truncation_letter(p: Pending, n_tokens: int, settings: Settings) -> DeadLetter:
@@ -211,9 +295,14 @@ class Pipeline:
     def close(self) -> None:
         self.store.close()
 
-    def count_tokens(self, prompts: list[str]) -> list[int]:
-        tok = self.encoder.llm.tokenizer
-        return [len(x) for x in tok(prompts, add_special_tokens=True, truncation=False)["input_ids"]]
+    def count_tokens(self, prompts: list[str]) -> tuple[dict[int, int], dict[int, str]]:
+        """Token counts by prompt index, and the prompts the tokenizer refused (index -> reason)."""
+        tok = self.encoder.llm.tokenizer  # loading the model is about no record: its errors propagate
+
+        def lengths(xs: list[str]) -> list[int]:
+            return [len(x) for x in tok(xs, add_special_tokens=True, truncation=False)["input_ids"]]
+
+        return batch_or_each(lengths, prompts, "counting tokens")
 
     def follow_registry(self) -> None:
         """Pick up a newly promoted version; fill its collection with the items it lacks."""
@@ -240,25 +329,23 @@ class Pipeline:
                           times, truncated)  # fmt: skip
 
     def _encode(self, pending: list[Pending], result: WriteResult) -> tuple[list[Pending], np.ndarray]:
-        """One forward pass for the batch; if it fails, item by item, refusing the ones that fail."""
-        prompts = [p.prompt for p in pending]
-        try:
+        """One pass over the batch; if it fails, item by item, refusing the ones that fail alone."""
+
+        def encode(prompts: list[str]) -> np.ndarray:
             vecs = self.encoder.encode(prompts)
             result.encoded += self.encoder.last_stats.encoded
             result.cache_hits += self.encoder.last_stats.cache_hits
-            return pending, vecs
-        except Exception:  # noqa: BLE001 - a poison text must not stop the worker
-            log.exception("batch encode failed: encoding its %d items one by one", len(pending))
-        ok, vecs = [], []
-        for p in pending:
-            try:
-                vecs.append(self.encoder.encode([p.prompt])[0])
-                ok.append(p)
-                result.encoded += self.encoder.last_stats.encoded
-                result.cache_hits += self.encoder.last_stats.cache_hits
-            except Exception as e:  # noqa: BLE001
-                result.failed.append((p, f"encoder error: {type(e).__name__}: {e}"))
-        return ok, np.stack(vecs) if vecs else np.zeros((0, self.encoder.dim), np.float32)
+            return vecs
+
+        done, failed = batch_or_each(encode, [p.prompt for p in pending], "encoding", probe=self._probe)
+        result.failed += [(pending[i], reason) for i, reason in failed.items()]
+        ok = sorted(done)
+        vecs = np.stack([done[i] for i in ok]) if ok else np.zeros((0, self.encoder.dim), np.float32)
+        return [pending[i] for i in ok], vecs
+
+    def _probe(self) -> None:
+        """Run the model on PROBE past the embedding cache (a cache hit would prove nothing)."""
+        ContentEncoder(self.settings.encoder, self.settings.models_path, cache=None, llm=self.encoder.llm).encode([PROBE])
 
     def write(self, batch: Batch, truncated: set[str], n_tokens: dict[str, int]) -> WriteResult:
         result = WriteResult()
@@ -300,49 +387,94 @@ app.conf.producer_max_request_size = 16 * 1024 * 1024  # dead letters carry mega
 items = raw_topic(app, settings.topics.items)
 dead_letters = raw_topic(app, settings.topics.items_dlq)
 register_pages(app, WORKER)
-pipeline = Pipeline(settings)
-executor = ThreadPoolExecutor(1, thread_name_prefix="encoder")  # one batch at a time, in order
-atexit.register(pipeline.close)
+
+
+@functools.cache
+def pipeline() -> Pipeline:
+    """This process's pipeline, built on first use (the warm-up task at start), never at import."""
+    p = Pipeline(settings)
+    atexit.register(p.close)
+    return p
+
+
+@functools.cache
+def executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="encoder")  # one batch at a time, in order
 
 
 async def in_executor(fn, *args):
-    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(executor(), fn, *args)
+
+
+def stop_loudly(why: str) -> NoReturn:
+    """Log and end the process now, with EXIT_STOPPED: no shutdown path runs that could commit the
+    current batch's offsets (they were never acknowledged), so a restart reads the batch again."""
+    log.critical("%s: stopping the encoder worker (exit status %d); the batch is not acknowledged and is "
+                 "read again after a restart", why, EXIT_STOPPED, exc_info=sys.exc_info()[0] is not None)  # fmt: skip
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(EXIT_STOPPED)
 
 
 async def send_dead_letters(letters: list[DeadLetter]) -> None:
-    """Send and wait for the broker's ack of each."""
-    futures = [await dead_letters.send(key=x.key.encode() if x.key else None, value=encode(x)) for x in letters]
-    for fut in futures:
-        await fut
-    DEAD_LETTERS.labels(WORKER).inc(len(letters))
-
-
-async def write_until_done(batch: Batch, truncated: set[str], n_tokens: dict[str, int]) -> WriteResult:
-    """Write the batch; retry on errors (raising would ack records whose rows were never written)."""
+    """Send each and wait for the broker's acks, retrying with backoff for `worker.dead_letter_timeout_s`;
+    then stop the worker (a record that cannot be dead-lettered must not be acknowledged)."""
+    if not letters:
+        return
+    deadline = time.monotonic() + settings.worker.dead_letter_timeout_s
     delay = 0.5
     while True:
         try:
-            return await in_executor(pipeline.write, batch, truncated, n_tokens)
+            await asyncio.wait_for(_send_all(letters), timeout=max(0.1, deadline - time.monotonic()))
+            break
+        except Exception as e:  # noqa: BLE001 - a timeout or the producer's error, retried until the deadline
+            if time.monotonic() + delay >= deadline:
+                stop_loudly(f"{len(letters)} dead letters could not be sent to {settings.topics.items_dlq} "
+                            f"within {settings.worker.dead_letter_timeout_s}s ({type(e).__name__}: {e})")  # fmt: skip
+            log.warning("sending %d dead letters failed (%s): retrying in %.1fs", len(letters), e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    DEAD_LETTERS.labels(WORKER).inc(len(letters))
+
+
+async def _send_all(letters: list[DeadLetter]) -> None:
+    futures = [await dead_letters.send(key=x.key.encode() if x.key else None, value=encode(x)) for x in letters]
+    for fut in futures:
+        await fut
+
+
+async def until_done(fn, *args, doing: str):
+    """Run `fn` in the executor; retry on errors (they are not about one record, and giving up on the
+    batch would skip it)."""
+    delay = 0.5
+    while True:
+        try:
+            return await in_executor(fn, *args)
         except Exception:  # noqa: BLE001
             STORE_RETRIES.inc()
-            log.exception("writing a batch of %d items failed: retrying in %.1fs", len(batch.upserts), delay)
+            log.exception("%s failed: retrying in %.1fs", doing, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
 
 async def handle_batch(events) -> None:
     batch = parse_batch(events, settings)
-    prompts = [p.prompt for p in batch.upserts.values()]
-    n_tokens = dict(zip(batch.upserts, await in_executor(pipeline.count_tokens, prompts))) if prompts else {}
-    max_tokens = settings.encoder.max_tokens
+    topic, max_tokens = settings.topics.items, settings.encoder.max_tokens
+    pending = list(batch.upserts.values())
+    counts, refused = ({}, {})
+    if pending:
+        counts, refused = await until_done(pipeline().count_tokens, [p.prompt for p in pending],
+                                           doing=f"counting the tokens of {len(pending)} items")  # fmt: skip
+    for i, reason in refused.items():
+        batch.refuse(pending[i], reason, topic)
+    n_tokens = {pending[i].item_id: n for i, n in counts.items()}
     over = [p for p in batch.upserts.values() if p.cut or n_tokens[p.item_id] > max_tokens]
-    notices = [truncation_letter(p, n_tokens[p.item_id], settings) for p in over]
-    if batch.rejected or notices:  # dead letters first: a crash after this re-sends, never loses them
-        await send_dead_letters(batch.rejected + notices)
-    result = await write_until_done(batch, {p.item_id for p in over}, n_tokens)
-    if result.failed:
-        await send_dead_letters([letter(p.raw, RecordError(reason), settings.topics.items, p.partition, p.offset,
-                                        p.key) for p, reason in result.failed])  # fmt: skip
+    # dead letters first: a crash after this re-sends, never loses them
+    await send_dead_letters(batch.rejected + [truncation_letter(p, n_tokens[p.item_id], settings) for p in over])
+    result = await until_done(pipeline().write, batch, {p.item_id for p in over}, n_tokens,
+                              doing=f"writing a batch of {len(batch.upserts)} items")  # fmt: skip
+    await send_dead_letters([letter(p.raw, RecordError(reason), topic, p.partition, p.offset, p.key)
+                             for p, reason in result.failed])  # fmt: skip
     record_metrics(events, batch, result, len(over))
 
 
@@ -373,13 +505,19 @@ def record_metrics(events, batch: Batch, result: WriteResult, truncated: int) ->
 async def encode_items(stream):
     within = settings.encoder.flush_ms / 1000
     take = settings.encoder.batch_size * max(1, settings.encoder.pool_batches)
-    async for events in stream.take_events(take, within=within):
-        await handle_batch(events)
+    # noack_take: faust acknowledges nothing by itself, not even when this agent crashes or is cancelled.
+    async for events in stream.noack_take(take, within=within):
+        try:
+            await handle_batch(events)
+        except Exception:  # noqa: BLE001 - a bug, not a record: never let the batch be acknowledged
+            stop_loudly(f"handling a batch of {len(events)} records failed")
+        for ev in events:
+            await stream.ack(ev)
 
 
 @app.task
 async def warm_up() -> None:
     try:
-        await in_executor(pipeline.warm_up)
+        await in_executor(pipeline().warm_up)
     except Exception:  # noqa: BLE001 - the first batch retries
         log.exception("warm-up failed")

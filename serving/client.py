@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import httpx
 from rich.console import Group
 from rich.table import Table
@@ -22,10 +24,11 @@ def base_url(settings: Settings) -> str:
 
 def fetch_recommendations(url: str, user_id: str, k: int = 10, fallback: Fallback = "none", token: str = "",
                           timeout_s: float = 10.0) -> Recommendations:  # fmt: skip
-    """GET /users/{user_id}/recommendations; ApiError with the API's message on a refusal."""
+    """GET /users/{user_id}/recommendations; ApiError with the API's message (ErrorBody.detail) on a
+    refusal. The id is percent-encoded whole ("/", "?", "#" and "%" are id characters here)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        r = httpx.get(f"{url}/users/{user_id}/recommendations", params={"k": k, "fallback": fallback},
+        r = httpx.get(f"{url}/users/{quote(user_id, safe='')}/recommendations", params={"k": k, "fallback": fallback},
                       headers=headers, timeout=timeout_s)  # fmt: skip
     except httpx.ConnectError as e:
         raise ApiError(f"no query API answers at {url} ({e}); start it with `learn serve`") from e

@@ -89,5 +89,5 @@ class LatencyMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = getattr(scope.get("route"), "path_format", "unmatched")  # "/users/{user_id}/...", no convertor
             self.metrics.requests.labels(scope["method"], route, str(status)).observe(time.perf_counter() - t0)

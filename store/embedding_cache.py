@@ -7,6 +7,10 @@ model code, so any process (the API, a worker) can read it cheaply.
 RocksDB allows one writer process per directory: the database is opened only for the duration of a
 `get_many` / `put_many` call (or a `with cache:` block), and an open that finds the lock held is
 retried for a few seconds, then served read-only (puts are then skipped, with a warning).
+A long encode writes inside `with cache.writing():` (encoder/content.py): every `put_many` is
+committed at once (one write batch in RocksDB's log, which a killed process keeps), while the
+database stays open between puts for at most `hold_s` (an open costs ~60 ms, more than a small
+model's forward pass), then is closed so another process can take the lock.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +42,8 @@ class EmbeddingCache:
         self._db: Rdict | None = None
         self._read_only = False
         self._depth = 0
+        self._hold_s = 0.0  # inside writing(): keep the database open between puts this long at most
+        self._held_since: float | None = None
 
     # -- opening -------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -73,6 +80,27 @@ class EmbeddingCache:
             self._db.close()
             self._db = None
 
+    @contextmanager
+    def writing(self, hold_s: float = 2.0) -> Iterator["EmbeddingCache"]:
+        """A block of many `put_many` calls, each committed when it returns; the database is kept
+        open between them for at most `hold_s` seconds at a time."""
+        self._hold_s = hold_s
+        try:
+            yield self
+        finally:
+            self._hold_s = 0.0
+            self._release()
+
+    def _hold(self) -> None:
+        if self._hold_s and self._held_since is None:
+            self.__enter__()
+            self._held_since = time.monotonic()
+
+    def _release(self, older_than_s: float = 0.0) -> None:
+        if self._held_since is not None and time.monotonic() - self._held_since >= older_than_s:
+            self._held_since = None
+            self.__exit__(None, None, None)
+
     # -- access --------------------------------------------------------------------------------
     def get_many(
         self, model_id: str, template: str, texts: Sequence[str]
@@ -92,14 +120,18 @@ class EmbeddingCache:
         assert len(texts) == len(vectors), (len(texts), vectors.shape)
         if not texts:
             return
-        with self:
-            if self._read_only:
-                log.warning("embedding cache is read-only here: %d vectors not stored", len(texts))
-                return
-            wb = WriteBatch(raw_mode=True)
-            for t, v in zip(texts, vectors):
-                wb.put(cache_key(model_id, template, t), v.tobytes())
-            self._db.write(wb)
+        self._hold()
+        try:
+            with self:
+                if self._read_only:
+                    log.warning("embedding cache is read-only here: %d vectors not stored", len(texts))
+                    return
+                wb = WriteBatch(raw_mode=True)
+                for t, v in zip(texts, vectors):
+                    wb.put(cache_key(model_id, template, t), v.tobytes())
+                self._db.write(wb)
+        finally:
+            self._release(older_than_s=self._hold_s)
 
     def __len__(self) -> int:
         with self:

@@ -6,11 +6,19 @@ released its lock when it was killed). The partition's next offset is written in
 batch as the state changes it caused, so after any crash the worker skips what is already applied:
 every event changes the state exactly once, whatever offset the consumer group resumes from.
 
+A partition's database follows more than one input partition with the same number (the source topic's
+partition p and the repartition topic's partition p, streams/interaction_worker.py): each input has its
+own next offset and the *fingerprint* of the last record consumed from it (its timestamp and a hash of
+its key and value), both written with the state. The fingerprint lets the worker tell "the broker still
+has what I applied" from "this offset now names another record" (a recreated topic, a memory broker
+that restarted at offset 0).
+
 Readers (the trainer, the query path) open the partition databases as RocksDB *secondary* instances,
 which follow the writer without blocking it (`StateReader.catch_up`).
 
 Keys (raw bytes): `u/<user>` -> JSON list of [event_time, item_id, action, event_id] (oldest first);
-`o/next` -> next offset to apply; `w/<slot start>/<user>` -> b"" (users changed per event-time slot
+`o/next` -> next offset to apply from the source partition (`o/next/<input>` from another input);
+`o/fp` (`o/fp/<input>`) -> the fingerprint of the record at next - 1; `w/<slot start>/<user>` -> b"" (users changed per event-time slot
 of `slot_s` seconds, for the incremental trainer, whose windows are whole slots);
 `c/<counter>` -> count (applied, duplicate, late_dropped); `m/max_event_time` -> the newest event
 time applied (the partition's event-time watermark).
@@ -19,6 +27,8 @@ time applied (the partition's event-time watermark).
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 import orjson
 import shutil
 import tempfile
@@ -33,6 +43,8 @@ from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
 USER = b"u/"
 OFFSET = b"o/next"
+FINGERPRINT = b"o/fp"
+SOURCE = ""  # the input whose offset lives under the historical key `o/next`
 WINDOW = b"w/"
 COUNTER = b"c/"
 WATERMARK = b"m/max_event_time"
@@ -84,6 +96,22 @@ def window_start(event_time: float, window_s: float) -> int:
     return int(event_time // window_s * window_s)
 
 
+def merge_sequences(seqs: list[list[list]], max_len: int | None = None) -> list[list]:
+    """One sequence from several copies of a user's (written before events were repartitioned by
+    user): the union by event id, ordered by (time, event id), the newest `max_len` kept. Pure."""
+    by_id = {x[3]: x for seq in seqs for x in seq}
+    out = sorted(by_id.values(), key=_order)
+    return out[-max_len:] if max_len else out
+
+
+def offset_key(source: str) -> bytes:
+    return OFFSET if source == SOURCE else OFFSET + b"/" + source.encode()
+
+
+def fingerprint_key(source: str) -> bytes:
+    return FINGERPRINT if source == SOURCE else FINGERPRINT + b"/" + source.encode()
+
+
 # ---- one partition's database -------------------------------------------------------------------
 
 
@@ -108,19 +136,36 @@ def open_with_retry(path: Path, timeout_s: float = 30.0) -> Rdict:
 class PartitionState:
     """The writer of one partition's state (one process at a time)."""
 
-    def __init__(self, path: Path, sync: bool = False):
+    def __init__(self, path: Path, sync: bool = False, sources: tuple[str, ...] = (SOURCE,)):
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = open_with_retry(path)
         wo = WriteOptions()
         wo.sync = sync
         self.db.set_write_options(wo)
-        raw = self.db.get(OFFSET)
-        self.next_offset = int(raw) if raw is not None else 0
+        self.next_offsets: dict[str, int] = {}
+        self.fingerprints: dict[str, bytes | None] = {}
+        for source in sources:
+            raw = self.db.get(offset_key(source))
+            self.next_offsets[source] = int(raw) if raw is not None else 0
+            self.fingerprints[source] = self.db.get(fingerprint_key(source))
         self.counters = Counter(
             {n: int(self.db.get(COUNTER + n.encode()) or 0) for n in (APPLIED, DUPLICATE, LATE_DROPPED)}
         )
         self.watermark = float(self.db.get(WATERMARK) or 0.0)
+
+    @property
+    def next_offset(self) -> int:
+        """The source partition's next offset."""
+        return self.next_offsets.get(SOURCE, 0)
+
+    def rebase(self, source: str, offset: int) -> None:
+        """Consume `source` from `offset` on (its stored position no longer exists on the broker).
+
+        In memory only: the next write stores it with the records applied from there; a crash before
+        that finds the old position again and detects the same regression again."""
+        self.next_offsets[source] = offset
+        self.fingerprints[source] = None
 
     def apply(
         self,
@@ -128,10 +173,14 @@ class PartitionState:
         max_len: int,
         lateness_s: float,
         slot_s: float,
+        source: str = SOURCE,
+        fingerprint: bytes | None = None,
     ) -> Counter:
-        """Apply (offset, entry, user_id) events in one atomic write; skip offsets already applied.
+        """Apply (offset, entry, user_id) events of input `source` in one atomic write; skip offsets
+        already applied. `fingerprint` identifies the last record (stored with the next offset).
 
-        An event with `entry=None` (a record that went to the dead-letter topic) only moves the offset.
+        An event with `entry=None` (a record that went to the dead-letter topic, or one forwarded to
+        its user's partition) only moves the offset.
         """
         seqs: dict[str, list[list]] = {}
         windows: set[bytes] = set()
@@ -139,8 +188,9 @@ class PartitionState:
         last = None
         watermark = self.watermark
         get = self.db.get
+        next_offset = self.next_offsets.get(source, 0)
         for offset, entry, user in events:
-            if offset < self.next_offset:
+            if offset < next_offset:
                 counts["skipped_already_applied"] += 1
                 continue
             last = offset
@@ -167,10 +217,15 @@ class PartitionState:
             if counts[name]:
                 totals[name] += counts[name]
                 wb.put(COUNTER + name.encode(), str(totals[name]).encode())
-        wb.put(OFFSET, str(last + 1).encode())
+        wb.put(offset_key(source), str(last + 1).encode())
+        if fingerprint is not None:
+            wb.put(fingerprint_key(source), fingerprint)
+        else:
+            wb.delete(fingerprint_key(source))
         wb.put(WATERMARK, repr(watermark).encode())
         self.db.write(wb)
-        self.next_offset = last + 1
+        self.next_offsets[source] = last + 1
+        self.fingerprints[source] = fingerprint
         self.counters = totals
         self.watermark = watermark
         return counts
@@ -182,8 +237,8 @@ class PartitionState:
 class StateStore:
     """The writer side: the partition databases this process owns, under `<root>/<topic>-p<N>`."""
 
-    def __init__(self, root: Path, topic: str, sync: bool = False):
-        self.root, self.topic, self.sync = root, topic, sync
+    def __init__(self, root: Path, topic: str, sync: bool = False, sources: tuple[str, ...] = (SOURCE,)):
+        self.root, self.topic, self.sync, self.sources = root, topic, sync, sources
         self.partitions: dict[int, PartitionState] = {}
         self._lock = threading.Lock()  # opened from an executor thread and used from the event loop
 
@@ -191,7 +246,7 @@ class StateStore:
         """The partition's state, opened on first use (one open per process, whichever thread asks)."""
         with self._lock:
             if p not in self.partitions:
-                self.partitions[p] = PartitionState(self.root / f"{self.topic}-p{p}", self.sync)
+                self.partitions[p] = PartitionState(self.root / f"{self.topic}-p{p}", self.sync, self.sources)
             return self.partitions[p]
 
     def is_open(self, p: int) -> bool:
@@ -235,19 +290,29 @@ class StateReader:
             db.try_catch_up_with_primary()
 
     def sequence(self, user_id: str) -> list[Entry] | None:
+        """The user's sequence. A user is in one partition database; one found in several (state
+        written before events were repartitioned by user) is read as the merge of its copies."""
         key = USER + user_id.encode()
-        for db in self.dbs.values():
-            raw = db.get(key)
-            if raw is not None:
-                return [Entry(*x) for x in orjson.loads(raw)]
-        return None
+        found = [raw for db in self.dbs.values() if (raw := db.get(key)) is not None]
+        if not found:
+            return None
+        rows = orjson.loads(found[0]) if len(found) == 1 else merge_sequences([orjson.loads(r) for r in found])
+        return [Entry(*x) for x in rows]
 
     def users(self) -> Iterator[tuple[str, list[Entry]]]:
-        for db in self.dbs.values():
-            for k, v in db.items(from_key=USER):
-                if not k.startswith(USER):
-                    break
-                yield k[len(USER):].decode(), [Entry(*x) for x in orjson.loads(v)]
+        """Every user once, in key order (a user found in several databases: the merge, as above)."""
+        merged = heapq.merge(*(self._user_rows(db) for db in self.dbs.values()), key=lambda kv: kv[0])
+        for key, group in itertools.groupby(merged, key=lambda kv: kv[0]):
+            values = [v for _, v in group]
+            rows = orjson.loads(values[0]) if len(values) == 1 else merge_sequences([orjson.loads(v) for v in values])
+            yield key[len(USER):].decode(), [Entry(*x) for x in rows]
+
+    @staticmethod
+    def _user_rows(db: Rdict) -> Iterator[tuple[bytes, bytes]]:
+        for k, v in db.items(from_key=USER):
+            if not k.startswith(USER):
+                break
+            yield k, v
 
     def changed_users(self, start: float, end: float) -> set[str]:
         """Users with an applied event in an event-time slot that starts in [start, end)."""
@@ -273,7 +338,15 @@ class StateReader:
         return max((float(db.get(WATERMARK) or 0.0) for db in self.dbs.values()), default=0.0)
 
     def next_offsets(self) -> dict[str, int]:
-        return {p.name: int(db.get(OFFSET) or 0) for p, db in self.dbs.items()}
+        """Next offset of every input of every partition database: `<db>` for the source partition,
+        `<db>/<input>` for another input (the repartition topic's partition)."""
+        out = {}
+        for p, db in self.dbs.items():
+            for k, v in db.items(from_key=OFFSET):
+                if not k.startswith(OFFSET):
+                    break
+                out[p.name + k[len(OFFSET):].decode()] = int(v)
+        return out
 
     def close(self) -> None:
         for db in self.dbs.values():

@@ -303,18 +303,19 @@ class VectorStore:
         return n
 
     def delete(self, name: str, ids: Iterable[str]) -> None:
-        ids = list(ids)
-        if ids:
-            self._call("delete", name, filter=_in_filter(ids))
+        expr = _in_filter(ids)
+        if expr:  # an id that cannot be stored has nothing to delete
+            self._call("delete", name, filter=expr)
 
     # ---- reading ------------------------------------------------------------------------------
     def get(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> dict[str, Row]:
-        """The stored rows of `ids` that exist, by id."""
-        if not ids:
+        """The stored rows of `ids` that exist, by id (an id that cannot be stored has none)."""
+        expr = _in_filter(ids)
+        if not expr:  # "" would match every row
             return {}
         fields = ["text_hash", "model_id", "event_time", "written_at", "truncated"]
         fields += ["vector"] if with_vectors else []
-        res = self._call("query", name, filter=_in_filter(ids), output_fields=fields, limit=len(ids))
+        res = self._call("query", name, filter=expr, output_fields=fields, limit=len(ids))
         return {r["item_id"]: _row(r) for r in res}
 
     def search(
@@ -343,19 +344,25 @@ class VectorStore:
         return self._call("query", name, filter=filter, output_fields=["item_id", *fields], limit=min(limit, QUERY_CAP))
 
     def scan(self, name: str, fields: Sequence[str], filter: str = "") -> Iterator[dict]:
-        """Every row of a collection (matching `filter`), with `fields`. The query iterator pages by
-        primary key, so a scan is O(N); paging by offset is O(N^2) in milvus-lite (111 s for 100k ids)."""
-        it = self._call("query_iterator", name, batch_size=SCAN_BATCH, filter=filter, output_fields=["item_id", *fields])
-        try:
-            while page := it.next():
-                yield from page
-        finally:
-            it.close()
+        """Every row of a collection (matching `filter`), with `fields`: pages of SCAN_BATCH rows in
+        primary-key order, each after the last id seen (so a scan is O(N); paging by offset is O(N^2) in
+        milvus-lite, 111 s for 100k ids). Its own cursor rather than pymilvus' query iterator, which
+        pastes the last id into `item_id > "..."` unescaped: an id holding a quote or a backslash at a
+        page boundary broke the scan (or widened it)."""
+        last: str | None = None
+        while True:
+            parts = [f"item_id > {_literal(last)}" if last is not None else "", filter]
+            expr = " and ".join(f"({p})" for p in parts if p)
+            page = self._call("query", name, filter=expr, output_fields=["item_id", *fields], limit=SCAN_BATCH,
+                              iterator="True", reduce_stop_for_best="True")  # fmt: skip
+            yield from page
+            if len(page) < SCAN_BATCH:
+                return
+            last = max(r["item_id"] for r in page)  # code-point order = UTF-8 byte order (Milvus' order)
 
     def ids(self, name: str) -> list[str]:
-        """Every item id in a collection, paged by offset: slower than `scan` on large collections, but
-        safe for any id (the query iterator pages on `item_id > "<last id>"` without escaping it, so an
-        id with a backslash at a page boundary breaks a scan)."""
+        """Every item id in a collection in the store's own order, paged by offset (slower than `scan`,
+        which returns them in primary-key order, on large collections)."""
         out: list[str] = []
         while True:
             page = self._call("query", name, filter="", output_fields=["item_id"], limit=PAGE, offset=len(out))
@@ -373,9 +380,32 @@ def _quiet_mvcc(record: logging.LogRecord) -> bool:
 logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_quiet_mvcc)
 
 
+# The one place where ids become expression text. milvus-lite 3.x ignores parameterised filters
+# (`filter_params`: "unexpected character '{'") and so do Milvus servers before 2.5, so ids are written
+# as string literals in the subset of escapes that both grammars read back exactly: milvus-lite's
+# tokenizer knows only \\ \" \' \n \r \t (a JSON-style \u0000 is a parse error there); Milvus' ANTLR
+# grammar takes those and any other character raw. An id that is not valid UTF-8 (a lone surrogate)
+# or longer than a primary key can be cannot be stored, so it never reaches an expression at all.
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def storable(item_id: str) -> bool:
+    """Whether an id can be a primary key here: valid UTF-8 of 1..MAX_ID_BYTES bytes."""
+    try:
+        return 0 < len(item_id.encode("utf-8")) <= MAX_ID_BYTES
+    except UnicodeEncodeError:
+        return False
+
+
+def _literal(item_id: str) -> str:
+    """A double-quoted string literal that milvus-lite and Milvus both read back as `item_id`."""
+    return '"' + item_id.translate(_ESCAPES) + '"'
+
+
 def _in_filter(ids: Iterable[str]) -> str:
-    """`item_id in [...]` with each id as a JSON string literal (pymilvus' own quoting breaks on \\)."""
-    return "item_id in [" + ", ".join(json.dumps(i, ensure_ascii=False) for i in ids) + "]"
+    """`item_id in [...]` over the storable ids (see `storable`); "" when none is."""
+    literals = [_literal(i) for i in ids if storable(i)]
+    return "item_id in [" + ", ".join(literals) + "]" if literals else ""
 
 
 def _row(r: dict) -> Row:

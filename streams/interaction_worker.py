@@ -4,13 +4,31 @@ Run it with `faust -A streams.interaction_worker worker` (deploy/ does). The fau
 process its lifecycle, logging, web server (/metrics, /counts) and signals; the consumption itself is
 a batch loop over an aiokafka consumer in its own consumer group, because faust's per-message stream
 path tops out below the ingest target here (measured: ~8.7k events/s for an agent that does nothing,
-against ~28k for a bare kafka-python consumer on the same 2 cores).
+against ~28k for a bare kafka-python consumer on the same 2 cores). Importing this module opens no
+database and talks to no broker: the consume task does, when the worker starts.
 
-Exactly once: on assignment each partition's state database is opened and the consumer *seeks to the
-offset stored in it*; each batch's bad records go to `interactions.dlq` first, then the state changes
-and the next offset are written in one atomic rocksdict write (store/state.py). A kill at any moment,
-or a partition moving to another worker, neither loses nor double-applies an event. Offsets are also
-committed to Kafka after each write, for lag monitoring only.
+One user, one partition, whatever the producer's partitioner: the state of partition p holds the
+users with `murmur2(user id) % N == p` (streams/repartition.py). A record consumed from partition p of
+`interactions` that belongs elsewhere is forwarded to its partition of `interactions.repartition` (same
+partition count, range assignor: one worker owns partition p of both topics), and the source offset
+moves past it only once the broker has acknowledged the forward.
+
+Exactly once: on assignment each input partition is sought to the offset stored in its state
+database; each batch's forwards and dead letters are acknowledged first, then the state changes and
+the input's next offset (with the fingerprint of its last record) are written in one atomic rocksdict
+write (store/state.py). A kill between the two re-sends them: a forward applied twice is a duplicate
+event id, which the sequence rule ignores.
+
+Offset regression: after a seek the first record must be the one the fingerprint names. If the offset
+now holds another record, or lies beyond the broker's log (the topic was recreated, a memory broker
+restarted at 0), the worker logs it, counts it in `learn_offset_regressions_total` and consumes the
+partition again from the log's start (event-id deduplication keeps the effect exactly once). The same
+check runs whenever the consumer delivers an offset below the stored one (its position was reset).
+
+Failures: any exception while handling one record dead-letters that record (with the exception as
+the reason) and the rest of its batch is applied. A record that can be neither forwarded nor
+dead-lettered stops the worker: the task raises, faust crashes the app, the process exits non-zero,
+and the offset is not stored, so a restart tries that record again.
 """
 
 from __future__ import annotations
@@ -18,87 +36,279 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.structs import OffsetAndMetadata
 
-from config import load_settings
-from store.state import Entry, StateStore
-from streams.app import make_app, raw_topic
-from streams.metrics import BATCH_SIZE, DEAD_LETTERS, LATENCY, RECORDS, register_pages
-from streams.schemas import DeadLetter, RecordError, dead_letter, decode_interaction, encode
+from config import Settings, load_settings
+from store.state import SOURCE, PartitionState, StateStore
+from streams.app import make_app
+from streams.metrics import BATCH_SIZE, DEAD_LETTERS, LATENCY, OFFSET_REGRESSIONS, RECORDS, register_pages
+from streams.repartition import Forward, Resume, check_resume, fingerprint, letter_for, route
+from streams.schemas import DeadLetter, encode, unexpected_error
 
 WORKER = "interactions"
+REPARTITION = "repartition"  # the state's name for the repartition topic's input
 log = logging.getLogger(__name__)
 
 settings = load_settings()
 app = make_app(WORKER, settings, has_agents=False)
-dead_letters = raw_topic(app, settings.topics.interactions_dlq)
-state = StateStore(settings.state_path, settings.topics.interactions, sync=settings.worker.sync_writes)
 register_pages(app, WORKER)
 
 
-def parse_records(records: Iterable, topic: str) -> tuple[list, list[DeadLetter]]:
-    """(offset, entry, user) rows for the state and dead letters for the bad records. Pure."""
-    rows, rejected = [], []
-    for m in records:
-        try:
-            rec = decode_interaction(m.value)
-        except RecordError as e:
-            rejected.append(dead_letter(m.value, e, topic, m.partition, m.offset, m.key))
-            rows.append((m.offset, None, None))  # only moves the offset
-            continue
-        rows.append((m.offset, Entry(rec.event_time, rec.item_id, rec.action.value, rec.event_id), rec.user_id))
-    return rows, rejected
+class FatalError(RuntimeError):
+    """A record could be neither forwarded nor dead-lettered: stop, do not move past it."""
 
 
-async def handle_partition_batch(tp: TopicPartition, records: list) -> int:
-    """Dead letters first (a crash after this re-sends, never loses them), then one atomic write."""
-    rows, rejected = parse_records(records, tp.topic)
-    for letter in rejected:
-        await dead_letters.send(key=letter.key.encode() if letter.key else None, value=encode(letter))
-    if rejected:
-        DEAD_LETTERS.labels(WORKER).inc(len(rejected))
-        RECORDS.labels(WORKER, "dead_lettered").inc(len(rejected))
-    s = settings.state
-    counts = state.partition(tp.partition).apply(rows, s.max_seq_len, s.allowed_lateness_s, s.slot_s)
-    for outcome, n in counts.items():
-        RECORDS.labels(WORKER, outcome).inc(n)
-    now = time.time()
-    BATCH_SIZE.labels(WORKER).observe(len(records))
-    observe = LATENCY.labels(WORKER).observe
-    for m in records[:: max(1, len(records) // 100)]:  # a sample: the histogram, not the hot path
-        observe(max(0.0, now - m.timestamp / 1000))
-    return state.partition(tp.partition).next_offset
+def input_names(settings: Settings) -> dict[str, str]:
+    """Topic -> the name its offsets have in the state."""
+    t = settings.topics
+    return {t.interactions: SOURCE, t.interactions_repartition_topic: REPARTITION}
 
 
-class SeekToStoredOffsets(ConsumerRebalanceListener):
-    """Partitions follow their state: open it and resume from its offset; close it when revoked."""
+def check_partition_counts(counts: dict[str, int], names: Iterable[str]) -> int:
+    """The common partition count of the co-partitioned topics, or FatalError. Pure."""
+    missing = [n for n in names if not counts.get(n)]
+    if missing:
+        raise FatalError(f"topics {missing} do not exist: create them first (`learn up` / streams.topics)")
+    found = {counts[n] for n in names}
+    if len(found) != 1:
+        raise FatalError(f"co-partitioned topics need one partition count, found {counts}")
+    return found.pop()
 
-    def __init__(self, consumer: AIOKafkaConsumer):
-        self.consumer = consumer
 
-    async def on_partitions_revoked(self, revoked) -> None:
-        for tp in revoked:
-            state.release(tp.partition)
+class InteractionWorker:
+    """The consume loop: one aiokafka consumer over both input topics, one producer for forwards and
+    dead letters, the partition databases of what it is assigned."""
 
-    async def on_partitions_assigned(self, assigned) -> None:
+    def __init__(self, settings: Settings, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, n_partitions: int):
+        t = settings.topics
+        self.settings, self.consumer, self.producer, self.n = settings, consumer, producer, n_partitions
+        self.inputs = input_names(settings)
+        self.repartition_topic, self.dlq_topic = t.interactions_repartition_topic, t.interactions_dlq
+        self.state = StateStore(settings.state_path, t.interactions, sync=settings.worker.sync_writes,
+                                sources=(SOURCE, REPARTITION))  # fmt: skip
+        # tp -> (offset sought, offset applied last, its fingerprint): what the next records must show
+        self.verifying: dict[TopicPartition, tuple[int, int, bytes | None]] = {}
+        self.last_seen: dict[TopicPartition, float] = {}  # when records (or a probe) last came
+        self.last_probe = 0.0
+
+    # ---- assignment ----
+    async def on_assigned(self, assigned) -> None:
+        loop = asyncio.get_running_loop()
         for tp in assigned:
             # Opening waits while a previous owner (another process) still holds the database.
-            part = await asyncio.get_running_loop().run_in_executor(None, state.partition, tp.partition)
-            self.consumer.seek(tp, part.next_offset)
-            log.info("assigned %s: resuming at stored offset %d", tp, part.next_offset)
+            part = await loop.run_in_executor(None, self.state.partition, tp.partition)
+            self.seek_to_stored(tp, part)
+            log.info("assigned %s: resuming at stored offset %d", tp, part.next_offsets[self.inputs[tp.topic]])
+
+    def on_revoked(self, revoked) -> None:
+        for tp in revoked:
+            self.verifying.pop(tp, None)
+            self.last_seen.pop(tp, None)
+            self.state.release(tp.partition)
+
+    def seek_to_stored(self, tp: TopicPartition, part: PartitionState, sought: int | None = None) -> None:
+        """Seek to the stored next offset - 1 (or earlier, to `sought`), so the record there can be
+        checked against its fingerprint before anything after it is applied."""
+        source = self.inputs[tp.topic]
+        nxt = part.next_offsets[source]
+        self.last_seen[tp] = time.monotonic()
+        if nxt > 0:
+            sought = nxt - 1 if sought is None else min(sought, nxt - 1)
+            self.verifying[tp] = (sought, nxt - 1, part.fingerprints[source])
+            self.consumer.seek(tp, sought)
+        else:
+            self.verifying.pop(tp, None)
+            self.consumer.seek(tp, 0)
+
+    async def probe(self, idle: list[TopicPartition]) -> None:
+        """Partitions that delivered nothing for a while: is the record applied last still in the log?
+
+        Needed because a broker need not say that a position lies beyond its log: Tansu answers such
+        a fetch with no records (Apache Kafka with OFFSET_OUT_OF_RANGE), and reports a partition's end
+        offset as the start of its last batch + 1. So: seek to that batch (which holds the record at
+        stored next - 1 if the log is the one the state was built from) and check what comes."""
+        try:
+            ends = await asyncio.wait_for(self.consumer.end_offsets(idle), timeout=10)
+        except Exception as e:  # broker away: try again at the next probe
+            log.debug("end offsets unavailable for %s: %r", idle, e)
+            ends = {}
+        now = time.monotonic()
+        for tp in idle:
+            self.last_seen[tp] = now
+            end = ends.get(tp)
+            if end is None or tp not in self.consumer.assignment() or not self.state.is_open(tp.partition):
+                continue
+            part = self.state.partition(tp.partition)
+            source = self.inputs[tp.topic]
+            if end == 0 and part.next_offsets[source] > 0:  # empty, but the state applied records from it
+                self.regressed(tp, part, source, -1)
+            elif part.next_offsets[source] > 0:
+                self.seek_to_stored(tp, part, sought=max(end - 1, 0))
+
+    # ---- one partition's batch ----
+    async def handle(self, tp: TopicPartition, records: list, complete: bool) -> int | None:
+        """Apply one partition's batch; return its next offset, or None when nothing was stored.
+        `complete`: the consumer had nothing more buffered (the batch reaches the log's end)."""
+        source = self.inputs[tp.topic]
+        part = self.state.partition(tp.partition)
+        if tp in self.verifying:
+            sought, expected, expected_fp = self.verifying[tp]
+            delivered = [(m.offset, fingerprint(m) if m.offset == expected else b"") for m in records]
+            verdict, start = check_resume(delivered, sought, expected, expected_fp, complete)
+            if verdict is Resume.PENDING:
+                return None  # records the state already holds: looking further
+            if verdict is Resume.REGRESSED:
+                self.regressed(tp, part, source, records[0].offset)
+                return None
+            del self.verifying[tp]
+            records = records[start:]
+            if verdict is Resume.GAP and records[0].offset > expected + 1:
+                log.warning("%s: offsets %d..%d were removed from the log before they were applied",
+                            tp, expected + 1, records[0].offset - 1)  # fmt: skip
+        elif records[0].offset < part.next_offsets[source]:
+            # A record below what the state holds: the consumer's position was reset. Check the
+            # record the state applied last before going on.
+            self.seek_to_stored(tp, part)
+            return None
+        if not records:
+            return None
+        routed = route(records, tp.topic, tp.partition, self.n)
+        await self.send(routed.forwards, routed.letters)
+        counts = await self.apply(part, source, routed.rows, records)
+        counts["forwarded"] += len(routed.forwards)
+        counts["dead_lettered"] += len(routed.letters)
+        self.observe(records, counts)
+        return part.next_offsets[source]
+
+    def regressed(self, tp: TopicPartition, part: PartitionState, source: str, seen: int) -> None:
+        nxt = part.next_offsets[source]
+        log.warning(
+            "offset regression on %s: the state applied up to offset %d, but the broker no longer has that "
+            "record there (first record delivered: offset %d); the topic was recreated, the broker restarted "
+            "empty or records were removed. Consuming it again from the start of its log; event-id "
+            "deduplication keeps the effect exactly once", tp, nxt - 1, seen,
+        )  # fmt: skip
+        OFFSET_REGRESSIONS.labels(WORKER, tp.topic).inc()
+        self.verifying.pop(tp, None)
+        part.rebase(source, 0)
+        self.consumer.seek(tp, 0)  # below the log's start too: the reset policy moves it there
+
+    async def send(self, forwards: list[Forward], letters: list[DeadLetter]) -> None:
+        """Forwards and dead letters, each acknowledged by the broker, or FatalError."""
+        if not forwards and not letters:
+            return
+        futures, what = [], []
+        try:
+            for f in forwards:
+                what.append(f"forward to {self.repartition_topic}[{f.partition}]")
+                futures.append(await self.producer.send(self.repartition_topic, f.value, key=f.key,
+                                                        partition=f.partition, timestamp_ms=f.timestamp_ms))  # fmt: skip
+            for x in letters:
+                what.append(f"dead letter to {self.dlq_topic} for {x.source_topic}[{x.partition}]@{x.offset} "
+                            f"({x.reason[:120]})")  # fmt: skip
+                futures.append(await self.producer.send(self.dlq_topic, encode(x), key=x.key.encode() if x.key else None))
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except Exception as e:  # the send itself refused (no metadata for the topic, too large, ...)
+            raise FatalError(f"cannot send {what[-1] if what else 'a forward or dead letter'}: {e!r}") from e
+        failed = [(w, r) for w, r in zip(what, results) if isinstance(r, BaseException)]
+        if failed:
+            w, r = failed[0]
+            raise FatalError(f"{len(failed)} send(s) failed after retries, first: {w}: {r!r}")
+
+    async def apply(self, part: PartitionState, source: str, rows: list, records: list) -> Counter:
+        """One atomic write for the batch. If it raises, find the record(s) at fault: each row alone,
+        a failing one dead-lettered (acknowledged) before the offset moves past it."""
+        s = self.settings.state
+        args = (s.max_seq_len, s.allowed_lateness_s, s.slot_s)
+        try:
+            return part.apply(rows, *args, source=source, fingerprint=fingerprint(records[-1]))
+        except Exception as e:  # noqa: BLE001 - isolate the record, never stop the partition
+            log.warning("a batch of %d records on %s failed to apply (%r): applying them one by one", len(rows),
+                        part.path.name, e)  # fmt: skip
+        by_offset = {m.offset: m for m in records}
+        counts: Counter = Counter()
+        for row in rows:
+            m = by_offset[row[0]]
+            try:
+                counts += part.apply([row], *args, source=source, fingerprint=fingerprint(m))
+            except Exception as e:  # noqa: BLE001
+                await self.send([], [letter_for(m, unexpected_error(e), m.topic)])
+                counts["dead_lettered"] += 1
+                part.apply([(row[0], None, None)], *args, source=source, fingerprint=fingerprint(m))
+        return counts
+
+    @staticmethod
+    def observe(records: list, counts: Counter) -> None:
+        for outcome, n in counts.items():
+            if n:
+                RECORDS.labels(WORKER, outcome).inc(n)
+        if counts["dead_lettered"]:
+            DEAD_LETTERS.labels(WORKER).inc(counts["dead_lettered"])
+        now = time.time()
+        BATCH_SIZE.labels(WORKER).observe(len(records))
+        record_latency = LATENCY.labels(WORKER).observe
+        for m in records[:: max(1, len(records) // 100)]:  # a sample: the histogram, not the hot path
+            record_latency(max(0.0, now - m.timestamp / 1000))
+
+    # ---- the loop ----
+    async def run(self) -> None:
+        w = self.settings.worker
+        consumer = self.consumer
+        while True:
+            batches = await consumer.getmany(timeout_ms=int(w.take_within_s * 1000), max_records=w.take_max)
+            complete = sum(len(r) for r in batches.values()) < w.take_max
+            now = time.monotonic()
+            done = {}
+            for tp, records in batches.items():
+                # Only partitions whose state the rebalance listener has opened (and sought to the
+                # stored offset): records fetched before that are fetched again after the seek.
+                if records and tp in consumer.assignment() and self.state.is_open(tp.partition):
+                    self.last_seen[tp] = now
+                    nxt = await self.handle(tp, records, complete)
+                    if nxt is not None:
+                        done[tp] = OffsetAndMetadata(nxt, "")
+            if done:
+                try:
+                    await consumer.commit(done)
+                except Exception as e:  # lag bookkeeping only: the state holds the real offsets
+                    log.warning("offset commit failed (harmless, state keeps its own offsets): %s", e)
+            if now - self.last_probe >= w.regression_probe_s / 2:
+                self.last_probe = now
+                idle = [tp for tp in consumer.assignment()
+                        if self.state.is_open(tp.partition) and now - self.last_seen.get(tp, now) >= w.regression_probe_s]  # fmt: skip
+                if idle:
+                    await self.probe(idle)
 
 
-@app.task
-async def consume() -> None:
+class Rebalance(ConsumerRebalanceListener):
+    """Partitions follow their state: open it and resume from its offsets; close it when revoked."""
+
+    def __init__(self, worker: InteractionWorker):
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        self.worker.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        await self.worker.on_assigned(assigned)
+
+
+def make_clients(settings: Settings, group_id: str) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
     b, w = settings.broker, settings.worker
     consumer = AIOKafkaConsumer(
         bootstrap_servers=b.bootstrap,
-        group_id=f"{app.conf.id}-state",
+        group_id=group_id,
         enable_auto_commit=False,
+        # Where a position no longer exists: the log's start; the fingerprint check tells a log that
+        # was replaced (offset regression) from one that was only trimmed.
         auto_offset_reset="earliest",
+        # Partition p of both inputs to one member (same partition counts, same subscription).
+        partition_assignment_strategy=(RangePartitionAssignor,),
         session_timeout_ms=b.session_timeout_ms,
         heartbeat_interval_ms=b.heartbeat_interval_ms,
         rebalance_timeout_ms=w.rebalance_timeout_ms,
@@ -107,22 +317,35 @@ async def consume() -> None:
         # Short broker-side wait: an idle fetch returns quickly, so a new event is seen within ~ms.
         fetch_max_wait_ms=w.fetch_max_wait_ms,
     )
-    consumer.subscribe([settings.topics.interactions], listener=SeekToStoredOffsets(consumer))
+    producer = AIOKafkaProducer(
+        bootstrap_servers=b.bootstrap,
+        acks="all",
+        request_timeout_ms=w.send_timeout_ms,
+        max_request_size=2 * 1024 * 1024,  # a forward is one compact record, a letter's payload is cut
+        linger_ms=0,
+    )
+    return consumer, producer
+
+
+@app.task
+async def consume() -> None:
+    t = settings.topics
+    names = [t.interactions, t.interactions_repartition_topic]
+    consumer, producer = make_clients(settings, f"{app.conf.id}-state")
+    await producer.start()
     await consumer.start()
+    worker = None
     try:
-        while True:
-            batches = await consumer.getmany(timeout_ms=int(w.take_within_s * 1000), max_records=w.take_max)
-            done = {}
-            for tp, records in batches.items():
-                # Only partitions whose state the rebalance listener has opened (and sought to the
-                # stored offset): records fetched before that are fetched again after the seek.
-                if tp in consumer.assignment() and state.is_open(tp.partition):
-                    done[tp] = OffsetAndMetadata(await handle_partition_batch(tp, records), "")
-            if done:
-                try:
-                    await consumer.commit(done)
-                except Exception as e:  # lag bookkeeping only: the state holds the real offsets
-                    log.warning("offset commit failed (harmless, state keeps its own offsets): %s", e)
+        await consumer.topics()  # fetches the cluster's metadata
+        n = check_partition_counts({x: len(consumer.partitions_for_topic(x) or ()) for x in names}, names)
+        worker = InteractionWorker(settings, consumer, producer, n)
+        consumer.subscribe(names, listener=Rebalance(worker))
+        await worker.run()
+    except FatalError as e:
+        log.critical("interaction worker stops, nothing stored past the failed record: %s", e)
+        raise
     finally:
         await consumer.stop()
-        state.close()
+        await producer.stop()
+        if worker is not None:
+            worker.state.close()

@@ -9,6 +9,12 @@ DEAD_LETTERS = Counter("learn_dead_letters_total", "Records sent to a dead-lette
 BATCH_SIZE = Histogram(
     "learn_batch_size", "Records per processed batch", ["worker"], buckets=(1, 4, 16, 64, 256, 1024, 4096)
 )
+OFFSET_REGRESSIONS = Counter(
+    "learn_offset_regressions",
+    "Times a partition's stored next offset no longer named the record applied last (topic recreated, "
+    "broker restarted empty, records removed): consumption restarted from the log's start",
+    ["worker", "topic"],
+)
 LATENCY = Histogram(
     "learn_event_latency_seconds",
     "From the record's broker timestamp to its effect being durable",

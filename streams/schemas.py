@@ -2,7 +2,8 @@
 
 Every record carries `schema_version`. `decode_item` / `decode_interaction` turn raw bytes into a
 model or raise `RecordError` with a readable reason naming the field, the value and the rule broken,
-which is what lands in the dead-letter topic.
+which is what lands in the dead-letter topic. A null value (a Kafka tombstone) is a `RecordError` too:
+what a tombstone means is the worker's decision (an item deletion, a dead-lettered interaction).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from pydantic import (
 SCHEMA_VERSION = 1
 MAX_ID_CHARS = 128
 MAX_RECORD_BYTES = 8 * 1024 * 1024  # larger payloads are dead-lettered, not parsed
+# A dead letter carries at most this much of the original payload (a Kafka request's default limit is
+# 1 MiB, and a letter that cannot be sent stops the worker): `payload_bytes` keeps the true size.
+MAX_DLQ_PAYLOAD_BYTES = 256 * 1024
 # Event times are epoch seconds; anything outside these bounds is a producer bug, not an event.
 MIN_EVENT_TIME = 946_684_800.0  # 2000-01-01
 MAX_FUTURE_S = 24 * 3600.0
@@ -119,6 +123,8 @@ class DeadLetter(BaseModel):
     payload: str  # the original bytes, decoded as UTF-8 with invalid bytes escaped (\x..)
     payload_bytes: int
     refused_at: float = Field(default_factory=time.time)
+    null_value: bool = False  # the record had no value at all (a tombstone); payload is ""
+    payload_truncated: bool = False  # payload holds only the first MAX_DLQ_PAYLOAD_BYTES bytes
 
 
 def _reject_constant(token: str) -> float:
@@ -162,7 +168,13 @@ def _readable(e: ValidationError) -> RecordError:
 M = TypeVar("M", bound=_Event)
 
 
-def _decode(raw: bytes, model: type[M]) -> M:
+def _decode(raw: bytes | None, model: type[M]) -> M:
+    if raw is None:
+        raise RecordError(f"null value (a tombstone): a {model.__name__} record needs a JSON object")
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise RecordError(f"a record value must be bytes, got {type(raw).__name__}")
+    if not isinstance(raw, bytes):
+        raw = bytes(raw)
     # Fast path: pydantic-core parses and validates in one pass (about 2x faster than json + validate).
     if len(raw) <= MAX_RECORD_BYTES:
         try:
@@ -176,11 +188,11 @@ def _decode(raw: bytes, model: type[M]) -> M:
         raise _readable(e) from None
 
 
-def decode_item(raw: bytes) -> ItemRecord:
+def decode_item(raw: bytes | None) -> ItemRecord:
     return _decode(raw, ItemRecord)
 
 
-def decode_interaction(raw: bytes) -> Interaction:
+def decode_interaction(raw: bytes | None) -> Interaction:
     return _decode(raw, Interaction)
 
 
@@ -189,14 +201,32 @@ def encode(record: BaseModel) -> bytes:
     return record.model_dump_json(exclude_defaults=False).encode("utf-8")
 
 
-def dead_letter(raw: bytes, error: RecordError, topic: str, partition=None, offset=None, key=None) -> DeadLetter:
+def unexpected_error(exc: BaseException) -> RecordError:
+    """A RecordError for an exception that is not a record error (a bug, a surprise in a library), so
+    the record that caused it is dead-lettered with what went wrong instead of stopping its partition."""
+    return RecordError(f"unexpected {type(exc).__name__} while handling the record: {_short(str(exc), 300)}")
+
+
+def dead_letter(
+    raw: bytes | None,
+    error: RecordError,
+    topic: str,
+    partition=None,
+    offset=None,
+    key=None,
+    max_payload: int = MAX_DLQ_PAYLOAD_BYTES,
+) -> DeadLetter:
+    """The letter for a refused record. `raw=None` (a tombstone) gives payload "" and null_value=True."""
+    raw_bytes = b"" if raw is None else bytes(raw)
     return DeadLetter(
         reason=error.reason,
         errors=error.errors,
         source_topic=topic,
         partition=partition,
         offset=offset,
-        key=key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else key,
-        payload=raw.decode("utf-8", "backslashreplace"),
-        payload_bytes=len(raw),
+        key=key.decode("utf-8", "backslashreplace") if isinstance(key, (bytes, bytearray)) else key,
+        payload=raw_bytes[:max_payload].decode("utf-8", "backslashreplace"),
+        payload_bytes=len(raw_bytes),
+        null_value=raw is None,
+        payload_truncated=len(raw_bytes) > max_payload,
     )

@@ -25,6 +25,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(t.items, t.partitions),
         TopicSpec(t.interactions, t.partitions),
+        # co-partitioned with `interactions`: partition p of both feeds the state of partition p
+        TopicSpec(t.interactions_repartition_topic, t.partitions),
         TopicSpec(t.items_dlq, t.dlq_partitions),
         TopicSpec(t.interactions_dlq, t.dlq_partitions),
     ]
@@ -50,6 +52,7 @@ def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
     """Partition count of each named topic, as the broker reports it."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        return {d["topic"]: len(d["partitions"]) for d in admin.describe_topics(names)}
+        # kafka-python < 3 names the topic "topic", 3.x "name"
+        return {d.get("name", d.get("topic")): len(d["partitions"]) for d in admin.describe_topics(names)}
     finally:
         admin.close()

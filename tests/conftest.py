@@ -1,4 +1,9 @@
-"""Shared fixtures: a real Tansu broker per test run (random free port), torn down at the end."""
+"""Shared fixtures: a real broker per test run (random free ports), torn down at the end.
+
+The broker is the embedded default, Tansu on its durable S3 storage (a localbucket server under the
+run's temporary directory); `LEARN_BROKER__STORAGE=memory` runs the suite on Tansu's memory engine and
+`LEARN_BROKER__BOOTSTRAP_SERVERS=host:port` on an external broker (then nothing is started).
+"""
 
 from __future__ import annotations
 
@@ -19,13 +24,16 @@ def needs_shared_data() -> pytest.MarkDecorator:
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory) -> tuple[str, int]:
-    """A Tansu broker on 127.0.0.1 for the whole test run."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("broker") / "broker.log"
-    proc = start_broker("127.0.0.1", port, log)
-    yield "127.0.0.1", port
-    stop_process(proc)
+def broker(tmp_path_factory) -> dict:
+    """The broker settings of the whole test run (a Tansu on 127.0.0.1 unless the broker is external)."""
+    root = tmp_path_factory.mktemp("broker")
+    s = load_settings(data_dir=root)
+    if not s.broker.external:
+        s = s.model_copy(update={"broker": s.broker.model_copy(update={"port": free_port(), "s3_port": free_port()})})
+    procs = start_broker(s, root)
+    yield s.broker.model_dump()
+    for proc in reversed(procs.values()):
+        stop_process(proc)
 
 
 @pytest.fixture
@@ -34,7 +42,7 @@ def settings(broker, tmp_path: Path) -> Settings:
     suffix = uuid.uuid4().hex[:8]
     return load_settings(
         data_dir=tmp_path / "data",
-        broker={"host": broker[0], "port": broker[1]},
+        broker=broker,
         worker={"app_prefix": f"learn-{suffix}"},  # own consumer groups: tests share the broker
         topics={"items": f"items-{suffix}", "interactions": f"interactions-{suffix}",
                 "items_dlq": f"items-{suffix}.dlq", "interactions_dlq": f"interactions-{suffix}.dlq"},

@@ -1,19 +1,15 @@
-"""Loaders for the two Amazon Scientific preprocessings under `shared_data_dir`, into one `RecData`.
+"""Datasets (any supported format, by path: streams/datasets.py) as one `RecData` leave-one-out split.
 
-- amazon-scientific-unisrec (primary): RecBole atomic files. Item text comes from `Scientific.text`
-  keyed by ASIN, and item indices from `Scientific.item2index` (line order). The `.inter` files already
-  hold the split: train = every prefix of each training sequence, valid/test = one (history, target)
-  row per user. A user's training sequence is their longest train row's history + its target.
-  The text is one string "title. category path. brand." and is split into fields as follows: when the
-  string contains "Industrial & Scientific" (the category root, 97% of items) the title is everything
-  before ". Industrial & Scientific", the category path runs from there to the last ". ", and the
-  brand is the last piece; otherwise the string is split from the right on ". " into title, category,
-  brand (the category is empty for those items: "title. . brand."). The root category
-  "Industrial & Scientific" is shared by every item and is dropped. No description exists there.
-  (streams/datasets.py holds this parsing, so the live stream and offline training read the same fields.)
-- amazon-scientific-lcrec: `Scientific.item.json` (index -> title, description, brand, categories)
-  and `Scientific.inter.json` (user -> chronological items). Leave-one-out built here: last item =
-  test target, second-to-last = validation target, the rest = training sequence.
+- atomic (the UniSRec / RecBole pre-split files, e.g. amazon-scientific-unisrec): item text from
+  `<prefix>.text` keyed by ASIN, item indices from `<prefix>.item2index` (line order). The `.inter`
+  files already hold the split: train = every prefix of each training sequence, valid/test = one
+  (history, target) row per user. A user's training sequence is their longest train row's history +
+  its target. The text "title. category path. brand." is split into fields by
+  streams/datasets.py: split_unisrec_text (the dataset's `drop_categories`, for Scientific its root
+  "Industrial & Scientific", mark where the title ends and are dropped). No description exists there.
+- lcrec and plain: each user's chronological sequence (the plain format is ordered by its
+  timestamps) is split here: last item = test target, second-to-last = validation target, the rest =
+  training sequence; users with fewer than 3 events are left out. Items keep the file's order.
 
 Histories are capped to the most recent `history_cap` (50) items, like the UniSRec files.
 """
@@ -26,8 +22,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from encoder.prompt import DEFAULT_TEMPLATE, build_prompt
-from streams.datasets import lcrec_fields, read_atomic, split_unisrec_text
-DATASETS = ("amazon-scientific-unisrec", "amazon-scientific-lcrec")
+from config.settings import BUILTIN_DATASETS
+from streams.datasets import (
+    DatasetError,
+    DatasetSource,
+    RawDataset,
+    json_fields,
+    locate,
+    read_atomic,
+    read_source,
+    resolve,
+    split_unisrec_text,
+)
+
+DATASETS = tuple(BUILTIN_DATASETS)
 
 
 @dataclass
@@ -78,7 +86,8 @@ class RecData:
 
 
 # -- UniSRec atomic files ----------------------------------------------------------------------
-def load_unisrec(directory: Path, prefix: str = "Scientific", history_cap: int = 50) -> RecData:
+def load_unisrec(directory: Path, prefix: str = "Scientific", history_cap: int = 50,
+                 drop_categories: tuple[str, ...] | list[str] = (), name: str = "") -> RecData:  # fmt: skip
     directory = Path(directory)
     item2index = {}
     for line in (directory / f"{prefix}.item2index").read_text().splitlines():
@@ -91,7 +100,7 @@ def load_unisrec(directory: Path, prefix: str = "Scientific", history_cap: int =
     for asin, idx in item2index.items():
         item_ids[idx] = asin
     texts = {row[0]: row[1] if len(row) > 1 else "" for row in read_atomic(directory / f"{prefix}.text")}
-    fields = [split_unisrec_text(texts.get(a, "")) for a in item_ids]
+    fields = [split_unisrec_text(texts.get(a, ""), drop_categories) for a in item_ids]
 
     user_rows = [line.split("\t")[0] for line in (directory / f"{prefix}.user2index").read_text().splitlines() if line.strip()]
 
@@ -114,7 +123,7 @@ def load_unisrec(directory: Path, prefix: str = "Scientific", history_cap: int =
             seq = list(valid_rows[u][0])
         train.append(seq[-history_cap:])
     return RecData(
-        name="amazon-scientific-unisrec",
+        name=name or directory.resolve().name,
         item_ids=item_ids,
         item_fields=fields,
         users=[user_rows[u] if u < len(user_rows) else str(u) for u in users],
@@ -124,42 +133,92 @@ def load_unisrec(directory: Path, prefix: str = "Scientific", history_cap: int =
     )
 
 
-# -- LC-Rec JSON -------------------------------------------------------------------------------
-def load_lcrec(directory: Path, prefix: str = "Scientific", history_cap: int = 50) -> RecData:
-    directory = Path(directory)
-    items = json.loads((directory / f"{prefix}.item.json").read_text(encoding="utf-8"))
-    n_items = max(int(k) for k in items) + 1
-    fields = [lcrec_fields({}) for _ in range(n_items)]
-    for k, v in items.items():
-        fields[int(k)] = lcrec_fields(v)
-    inter = json.loads((directory / f"{prefix}.inter.json").read_text(encoding="utf-8"))
+# -- chronological sequences (lcrec, plain) ---------------------------------------------------------
+def leave_one_out(raw: RawDataset, history_cap: int = 50) -> RecData:
+    """Items in the catalogue's order; per user (3+ events): train = all but the last two, valid =
+    (train, second-to-last), test = (all but the last, last)."""
+    item_ids = list(raw.items)
+    index = {i: n for n, i in enumerate(item_ids)}
+    fields = [{"title": it.title, "brand": it.brand, "categories": ", ".join(it.categories),
+               "description": it.description} for it in raw.items.values()]  # fmt: skip
     users, train, valid, test = [], [], [], []
-    for u in sorted(inter, key=int):
-        seq = [int(i) for i in inter[u]]
+    for u, items in raw.sequences.items():
+        seq = [index[i] for i in items]
         if len(seq) < 3:
             continue
         users.append(u)
         train.append(seq[:-2][-history_cap:])
         valid.append((seq[:-2][-history_cap:], seq[-2]))
         test.append((seq[:-1][-history_cap:], seq[-1]))
-    return RecData(
-        name="amazon-scientific-lcrec",
-        item_ids=[str(i) for i in range(n_items)],
-        item_fields=fields,
-        users=users,
-        train=train,
-        valid=valid,
-        test=test,
-    )
+    meta = {**raw.meta, "timestamps": raw.times is not None, "users_too_short": len(raw.sequences) - len(users)}
+    return RecData(raw.name, item_ids, fields, users, train, valid, test, meta)
+
+
+def load_lcrec(directory: Path, prefix: str = "Scientific", history_cap: int = 50,
+               drop_categories: tuple[str, ...] | list[str] = ()) -> RecData:  # fmt: skip
+    return load_source(locate(directory, "lcrec", prefix, drop_categories=drop_categories), history_cap)
+
+
+def load_plain(directory: Path, history_cap: int = 50, drop_categories: tuple[str, ...] | list[str] = ()) -> RecData:
+    return load_source(locate(directory, "plain", drop_categories=drop_categories), history_cap)
+
+
+# -- any source ----------------------------------------------------------------------------------
+def load_source(src: DatasetSource, history_cap: int = 50) -> RecData:
+    """One dataset, located (streams/datasets.py: locate / resolve), as a leave-one-out split."""
+    if src.format == "atomic":
+        try:
+            data = load_unisrec(src.directory, src.prefix, history_cap, src.drop_categories, src.name)
+        except (ValueError, KeyError, IndexError, AssertionError) as e:
+            raise DatasetError(f"{src.directory}: malformed atomic files with prefix {src.prefix!r} ({e!r})") from None
+    else:
+        data = leave_one_out(read_source(src), history_cap)
+    data.meta.update(source=src.describe())
+    return data
 
 
 def load_dataset(name: str, shared_data_dir: str | Path, history_cap: int = 50) -> RecData:
-    """Load one of `DATASETS` from the shared data directory (read-only)."""
-    directory = Path(shared_data_dir) / name
-    if not directory.is_dir():
-        raise FileNotFoundError(f"dataset {name!r} not found under {shared_data_dir}")
-    if name == "amazon-scientific-unisrec":
-        return load_unisrec(directory, history_cap=history_cap)
-    if name == "amazon-scientific-lcrec":
-        return load_lcrec(directory, history_cap=history_cap)
-    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    """A built-in dataset (`DATASETS`) under the shared data directory, or a dataset folder."""
+    return load_source(resolve(name, BUILTIN_DATASETS, Path(shared_data_dir)), history_cap)
+
+
+# -- writing the split as RecBole atomic files (the peer's input) -----------------------------------
+def _clean(text: str) -> str:
+    return " ".join(text.split())  # no tabs or newlines inside a field
+
+
+def write_atomic_split(data: RecData, directory: Path, prefix: str) -> list[Path]:
+    """`data`'s split as UniSRec-style pre-split atomic files (what bench/recbole/sasrec.py reads and
+    `load_unisrec` reads back to the same split): `<prefix>.train.inter` holds every prefix of each
+    training sequence, valid/test one row per user, item/user indices in `.item2index` /
+    `.user2index`, item text "title. categories. brand." in `.text` (no description: the format
+    has none)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for kind, ids in (("item", data.item_ids), ("user", data.users)):
+        bad = next((i for i in ids if i != _clean(i) or not i), None)
+        if bad is not None:
+            raise DatasetError(f"{kind} id {bad!r} has white space at its ends or inside: not writable as an atomic token")
+    head = "user_id:token\titem_id_list:token_seq\titem_id:token"
+
+    def rows(examples) -> list[str]:
+        return [f"{u}\t{' '.join(map(str, h))}\t{t}" for u, (h, t) in examples]
+
+    train = [(u, (seq[max(0, j - 50) : j], seq[j])) for u, seq in enumerate(data.train) for j in range(1, len(seq))]
+    files = {
+        ".train.inter": [head, *rows(train)],
+        ".valid.inter": [head, *rows(enumerate(data.valid))],
+        ".test.inter": [head, *rows(enumerate(data.test))],
+        ".item2index": [f"{i}\t{n}" for n, i in enumerate(data.item_ids)],
+        ".user2index": [f"{u}\t{n}" for n, u in enumerate(data.users)],
+        ".text": ["item_id:token\ttext:token_seq"] + [
+            f"{i}\t{_clean(f['title'])}. {_clean(f['categories'])}. {_clean(f['brand'])}. "
+            for i, f in zip(data.item_ids, data.item_fields)
+        ],
+    }
+    paths = []
+    for suffix, lines in files.items():
+        path = directory / f"{prefix}{suffix}"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths

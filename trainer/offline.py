@@ -41,6 +41,7 @@ import json
 import logging
 import random
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,9 @@ from tqdm.auto import tqdm
 
 from config.settings import EncoderSettings, ModelSettings, Settings
 from encoder.pooling import Whitening, l2_normalize, mean_pairwise_cosine
+from streams.datasets import DatasetSource, resolve
 from trainer.checkpoint import save_checkpoint
-from trainer.data import RecData, load_dataset
+from trainer.data import RecData, load_source
 from trainer.evaluation import evaluate_both_protocols
 from trainer.history import choose_knn_blend
 from trainer.towers import LEARN, TowerConfig, pad_sequences
@@ -246,26 +248,57 @@ def plot_curve(curve: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+MODELS = ("learn", "zero-training", "popularity")
+
+
 # -- the whole run -----------------------------------------------------------------------------
+def dataset_source(settings: Settings, dataset: str | Path | DatasetSource, data_format: str = "auto",
+                   prefix: str = "") -> DatasetSource:  # fmt: skip
+    """A dataset name from the settings or a folder (streams/datasets.py: resolve)."""
+    if isinstance(dataset, DatasetSource):
+        return dataset
+    return resolve(dataset, settings.datasets, settings.shared_data_dir, data_format, prefix)
+
+
+def stopped_at_epoch_cap(curve: list[dict], best_epoch: int, max_epochs: int, patience: int) -> bool:
+    """True when the epoch cap, not early stopping, ended training: the best validation epoch is
+    among the last `patience` epochs, so validation may still have been rising."""
+    return len(curve) >= max_epochs and best_epoch > len(curve) - patience
+
+
 def run_train(
     settings: Settings | None = None,
-    dataset: str = "amazon-scientific-unisrec",
+    dataset: str | Path | DatasetSource = "amazon-scientific-unisrec",
     run_dir: Path | None = None,
     users: int | None = None,
     model: str = "learn",  # learn | zero-training | popularity
     progress: bool = True,
     threads: int | None = None,
 ) -> dict:
-    """Encode (cached) -> features -> train/evaluate -> results.json, curve.png, checkpoint/."""
+    """Encode (cached) -> features -> train/evaluate -> results.json, curve.png, checkpoint/.
+    `dataset`: a name from the settings' datasets, a folder, or a DatasetSource. The run directory
+    is created only once the data is loaded, and removed again if the run fails."""
     t0 = time.perf_counter()
     s = settings or Settings()
-    ms, enc = s.model, s.encoder
+    ms = s.model
     if threads:
         torch.set_num_threads(threads)
+    src = dataset_source(s, dataset)
     run_dir = Path(run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(dataset, s.shared_data_dir, history_cap=ms.max_seq_len).subsample(users, seed=ms.seed)
+    data = load_source(src, history_cap=ms.max_seq_len).subsample(users, seed=ms.seed)
+    created = not run_dir.exists()
+    try:
+        return _run_loaded(s, src, data, run_dir, model, progress, t0)
+    except BaseException:
+        if created and run_dir.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
+
+def _run_loaded(s: Settings, src: DatasetSource, data: RecData, run_dir: Path, model: str, progress: bool,
+                t0: float) -> dict:  # fmt: skip
+    ms, enc = s.model, s.encoder
+    dataset = src.name
     features, encoder_id, encode_stats, anisotropy = None, None, None, None
     if model != "popularity":
         t_enc = time.perf_counter()
@@ -276,8 +309,10 @@ def run_train(
         features = content_features(raw, ms.whiten, ms.whiten_dim)
 
     baselines = evaluate_baselines(data, features)
+    run_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {
         "dataset": dataset,
+        "data": {**src.describe(), **{k: v for k, v in data.meta.items() if k != "source"}},
         "encoder": encoder_id,
         "seed": ms.seed,
         "history_excluded": True,
@@ -289,11 +324,15 @@ def run_train(
     }
     if model == "learn":
         out = train_model(data, features, ms, progress)
+        at_cap = stopped_at_epoch_cap(out.curve, out.best_epoch, ms.max_epochs, ms.patience)
+        if at_cap:
+            log.warning("training stopped at the epoch cap (%d epochs) while validation NDCG@10 was still "
+                        "improving (best epoch %d): more epochs may help", ms.max_epochs, out.best_epoch)  # fmt: skip
         result.update(
             model=f"learn-{ms.item_tower}", metrics=out.test_metrics, valid_metrics=out.valid_metrics,
             metrics_recbole_protocol=out.test_metrics_recbole, valid_metrics_recbole_protocol=out.valid_metrics_recbole,
             best_epoch=out.best_epoch, curve=out.curve, train_seconds=out.seconds, knn_blend=out.knn_blend,
-            parameters=out.model.num_parameters(),
+            parameters=out.model.num_parameters(), stopped_at_epoch_cap=at_cap,
         )  # fmt: skip
         plot_curve(out.curve, run_dir / "curve.png", f"LEARN-({ms.item_tower}) {enc.model}, {dataset}")
         save_checkpoint(out.model, run_dir / "checkpoint", metrics=out.test_metrics,
@@ -326,6 +365,8 @@ def train_cli(
     progress: bool = True,
     threads: int | None = None,
     dense_weight: float | None = None,
+    data_format: str = "auto",
+    prefix: str = "",
 ) -> dict:
     """`learn train`: command-line options override the settings for this one run, then run_train.
     Prints a short summary; the full record is <run_dir>/results.json."""
@@ -335,14 +376,21 @@ def train_cli(
     ms = ModelSettings.model_validate(ms.model_dump())  # re-validate the overridden values
     enc = settings.encoder.model_copy(update={"model": encoder} if encoder else {})
     s = settings.model_copy(update={"model": ms, "encoder": enc})
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
+    src = dataset_source(s, dataset, data_format, prefix)  # a wrong folder fails here, before anything runs
     tag = f"{model}-{ms.item_tower}" if model == "learn" else model
     run_dir = Path(run_dir or Path("runs") / time.strftime(f"train-{tag}-%Y%m%d-%H%M%S"))
-    res = run_train(s, dataset, run_dir, users=users, model=model, progress=progress, threads=threads)
+    res = run_train(s, src, run_dir, users=users, model=model, progress=progress, threads=threads)
+    dataset = src.name
     m, b = res["metrics"], res["baselines"]
     print(f"{res['model']} ({res['encoder']}) on {dataset}, {res['users']} users, seed {res['seed']}: "
           f"test NDCG@10 {m['ndcg@10']:.4f} Recall@10 {m['recall@10']:.4f} NDCG@50 {m['ndcg@50']:.4f} "
           f"MRR {m['mrr']:.4f} | valid NDCG@10 {res['valid_metrics']['ndcg@10']:.4f}")  # fmt: skip
     for name, v in b.items():
         print(f"  baseline {name}: test NDCG@10 {v['test']['ndcg@10']:.4f} (valid {v['valid']['ndcg@10']:.4f})")
+    if res.get("stopped_at_epoch_cap"):
+        print(f"  warning: stopped at the epoch cap ({ms.max_epochs}) while validation was still improving "
+              f"(best epoch {res['best_epoch']}): more epochs may help (--epochs)")  # fmt: skip
     print(f"  {res['seconds']:.0f} s, peak RSS {res['peak_rss_mb']:.0f} MB -> {run_dir}/results.json")
     return res

@@ -47,10 +47,10 @@ SPLITS = ("train", "valid", "test")
 OUR_KEYS = ("ndcg@10", "recall@10", "ndcg@50", "recall@50", "mrr")
 
 
-def read_split(data_dir: Path, split: str) -> list[tuple[int, list[int], int]]:
+def read_split(data_dir: Path, split: str, prefix: str = PREFIX) -> list[tuple[int, list[int], int]]:
     """Rows (user index, history item indices oldest first, target item index) of one .inter file."""
     rows = []
-    with open(data_dir / f"{PREFIX}.{split}.inter") as f:
+    with open(data_dir / f"{prefix}.{split}.inter") as f:
         header = f.readline().rstrip("\n").split("\t")
         assert header == ["user_id:token", "item_id_list:token_seq", "item_id:token"], header
         for line in f:
@@ -59,13 +59,13 @@ def read_split(data_dir: Path, split: str) -> list[tuple[int, list[int], int]]:
     return rows
 
 
-def link_atomic_dir(data_dir: Path, work_root: Path) -> Path:
+def link_atomic_dir(data_dir: Path, work_root: Path, prefix: str = PREFIX) -> Path:
     """RecBole wants <data_path>/<name>/<name>.<suffix>.inter: symlink the read-only files there."""
-    ds_dir = work_root / PREFIX
+    ds_dir = work_root / prefix
     ds_dir.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        link = ds_dir / f"{PREFIX}.{split}.inter"
-        src = (data_dir / f"{PREFIX}.{split}.inter").resolve()
+        link = ds_dir / f"{prefix}.{split}.inter"
+        src = (data_dir / f"{prefix}.{split}.inter").resolve()
         if link.is_symlink() or link.exists():
             if link.resolve() == src:
                 continue
@@ -75,7 +75,7 @@ def link_atomic_dir(data_dir: Path, work_root: Path) -> Path:
 
 
 def known_histories(
-    data_dir: Path, n_items: int
+    data_dir: Path, n_items: int, prefix: str = PREFIX
 ) -> tuple[dict[str, dict[int, tuple[list[int], int]]], torch.Tensor]:
     """Per split, user -> (history to exclude, target); and item popularity from the training file.
 
@@ -84,7 +84,7 @@ def known_histories(
     items. Popularity counts each training interaction once (each user's longest training row: its
     history plus its target).
     """
-    rows = {s: read_split(data_dir, s) for s in SPLITS}
+    rows = {s: read_split(data_dir, s, prefix) for s in SPLITS}
     longest: dict[int, tuple[list[int], int]] = {}
     for u, hist, t in rows["train"]:
         if u not in longest or len(hist) > len(longest[u][0]):
@@ -160,6 +160,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--prefix", default=PREFIX, help="file-name prefix of the .inter files (bench/quality.py --data writes them)")
     ap.add_argument("--work", type=Path, default=ROOT / ".learn" / "recbole-work",
                     help="scratch dir (git-ignored): atomic-file links, RecBole's log/ and tensorboard")
     ap.add_argument("--out", type=Path, default=None,
@@ -187,15 +188,15 @@ def main() -> int:
     from recbole.trainer import Trainer
     from recbole.utils import init_logger, init_seed
 
-    data_root = link_atomic_dir(args.data, args.work / "data")
-    run_dir = args.work / f"seed{args.seed}"
+    data_root = link_atomic_dir(args.data, args.work / "data", args.prefix)
+    run_dir = args.work / (f"seed{args.seed}" if args.prefix == PREFIX else f"{args.prefix}-seed{args.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chdir(run_dir)  # RecBole writes ./log/ and ./log_tensorboard/ relative to the cwd
 
     config_dict = {"data_path": str(data_root), "seed": args.seed, "checkpoint_dir": str(run_dir / "saved")}
     if args.epochs is not None:
         config_dict["epochs"] = args.epochs
-    config = Config(model="SASRec", dataset=PREFIX, config_file_list=[str(HERE / "sasrec.yaml")],
+    config = Config(model="SASRec", dataset=args.prefix, config_file_list=[str(HERE / "sasrec.yaml")],
                     config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -213,7 +214,7 @@ def main() -> int:
     n_items = len(item_tokens) - 1
     item_cols = torch.tensor([int(t) for t in item_tokens[1:]])
     assert sorted(item_cols.tolist()) == list(range(n_items)), "item tokens are not 0..n-1"
-    truth, pop = known_histories(args.data, n_items)
+    truth, pop = known_histories(args.data, n_items, args.prefix)
     log.info(f"items {n_items}; valid users {len(truth['valid'])}; test users {len(truth['test'])}")
     for split, t in truth.items():
         log.info(f"popularity {split}: excluded {rnd(pop_metrics(pop, t, True), 4)} "
@@ -273,7 +274,7 @@ def main() -> int:
     result = {
         "model": "sasrec-recbole",
         "encoder": None,
-        "dataset": DATASET_NAME,
+        "dataset": DATASET_NAME if args.prefix == PREFIX else args.prefix,
         "seed": args.seed,
         "metrics": {k: metrics[k] for k in OUR_KEYS},
         "metrics_recbole_protocol": {k: metrics_recbole[k] for k in OUR_KEYS},

@@ -3,9 +3,11 @@ written by PartitionState, a registry with exported towers, a milvus-lite file, 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -15,6 +17,8 @@ import uvicorn
 from config import load_settings
 from deploy.broker import free_port
 from serving.api import create_app
+from serving.client import fetch_recommendations
+from serving.schemas import ErrorBody
 from serving.seed import publish_version, random_unit, write_catalogue, write_sequences
 from store.registry import ModelRegistry
 from store.vectors import CONTENT, VectorStore
@@ -22,9 +26,16 @@ from store.vectors import CONTENT, VectorStore
 pytestmark = pytest.mark.integration
 
 N, D = 300, 32
-IDS = [f"item{j}" for j in range(N)]
+# ids the stream accepts, stored as they are: quotes, backslashes, URL characters, an injection attempt
+ODD = ['q"uote', "back\\slash", "ends\\", '" or item_id != "', "a/b?c#d%20&k=1", "s'ingle", "\u00e9\u4e2d\U0001f600",
+       "c1\x85", "x" * 128]  # fmt: skip
+IDS = [f"item{j}" for j in range(N - len(ODD))] + ODD
 SEQUENCES = {f"user{u}": [IDS[(7 * u + j) % N] for j in range(3 + u % 5)] for u in range(40)}
 SEQUENCES["user0"] = ["item1", "item2", "item3", "ghost"]  # "ghost" was never encoded
+SEQUENCES.update({f"{odd[:100]}-user": [odd, "item1"] for odd in ODD})
+# ids no stored id can be: control characters, NUL, lone surrogates, too long; and unknown ones
+HOSTILE = ["nul\x00x", "\x00", "ctl\x01\x1fx", "nl\nx", "cr\rx", "tab\tx", "del\x7fx", "sur\ud800x", "\udfff", "x" * 10_000,
+           "x" * 129, '" or "1"=="1', "back\\", "%00", "%", " ", "\u00e9\u4e2d\U0001f600-unknown", "{ids}"]  # fmt: skip
 
 
 class Api:
@@ -118,6 +129,69 @@ def test_queries_validation_and_metrics(deployment):
         assert "learn_api_search_seconds_count" in text
 
 
+def path_part(i: str) -> str:
+    """An id as one percent-encoded path segment (a lone surrogate as the bytes it would be)."""
+    return quote(i.encode("utf-8", "surrogatepass"), safe="")
+
+
+def post_history(c: httpx.Client, history: list[str], **extra) -> httpx.Response:
+    """JSON with \\u escapes, so that lone surrogates travel as JSON allows."""
+    body = json.dumps({"history": history, **extra}).encode()
+    return c.post("/recommendations", content=body, headers={"Content-Type": "application/json"})
+
+
+def assert_documented_answer(r: httpx.Response, allowed: set[int]) -> None:
+    assert r.status_code in allowed, (r.request.url, r.status_code, r.text)
+    if r.status_code != 200:
+        ErrorBody.model_validate(r.json())  # the one documented error body
+
+
+@pytest.mark.parametrize("search", ["memory", "store"])
+def test_any_id_answers_200_404_or_422_never_500(deployment, search):
+    settings, _, _ = deployment
+    settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"search": search})})
+    with Api(settings) as api, httpx.Client(base_url=api.url, timeout=30) as c:
+        for i in HOSTILE:
+            assert_documented_answer(post_history(c, [i]), {422})
+            r = post_history(c, [i, "item1"])
+            assert_documented_answer(r, {200, 422})
+            if r.status_code == 200:  # a valid id that no store holds
+                assert r.json()["unknown_items"] == [i]
+            assert_documented_answer(post_history(c, ["item1"], filter={"exclude": [i], "only": [i, "item2"]}),
+                                     {200, 422})  # fmt: skip
+            assert_documented_answer(c.get(f"/users/{path_part(i)}/recommendations"), {404, 422})
+            assert_documented_answer(c.get(f"/items/{path_part(i)}/similar"), {404, 422})
+        for bad in (b'{"history": ["\xff"]}', b'{"history": ', b'[1]', b'{"history": "item1"}'):
+            assert_documented_answer(c.post("/recommendations", content=bad, headers={"Content-Type": "application/json"}),
+                                     {400, 422})  # fmt: skip
+
+        for odd in ODD:  # stored odd ids are found through every route
+            r = post_history(c, [odd], k=3)
+            assert r.status_code == 200 and r.json()["unknown_items"] == [], (odd, r.text)
+            r = c.get(f"/items/{path_part(odd)}/similar", params={"k": 3})
+            assert r.status_code == 200 and r.json()["item_id"] == odd, (odd, r.text)
+            assert r.json()["title"] == f"Title of {odd}"
+            rec = fetch_recommendations(api.url, f"{odd[:100]}-user", k=3)  # the client encodes the id
+            assert rec.user_id == f"{odd[:100]}-user" and [x.item_id for x in rec.recent_items] == ["item1", odd]
+
+
+def test_the_schema_bounds_are_the_api_bounds(deployment):
+    settings, _, _ = deployment
+    with Api(settings) as api, httpx.Client(base_url=api.url, timeout=10) as c:
+        assert c.post("/recommendations", json={"history": ["item1"], "k": 50}).status_code == 200
+        assert c.get("/users/user1/recommendations", params={"k": 50}).status_code == 200
+        for r in (c.post("/recommendations", json={"history": ["item1"], "k": 51}),
+                  c.post("/recommendations", json={"history": []}),
+                  c.post("/recommendations", json={"history": ["item1"] * 1001}),
+                  c.get("/users/user1/recommendations", params={"k": 51}),
+                  c.get("/items/item1/similar", params={"k": 0})):  # fmt: skip
+            assert r.status_code == 422 and ErrorBody.model_validate(r.json()).errors, r.text
+        body = c.post("/recommendations", json={"history": ["item1"], "k": 51}).json()
+        assert body["detail"].startswith("invalid request: body.k:") and body["errors"][0]["loc"] == ["body", "k"]
+        r = c.get("/users/stranger/recommendations")
+        assert r.status_code == 404 and ErrorBody.model_validate(r.json()).detail.startswith("unknown user")
+
+
 def test_the_api_follows_new_users_new_items_and_deletions(deployment):
     settings, store, content = deployment
     with Api(settings) as api, httpx.Client(base_url=api.url, timeout=10) as c:
@@ -150,7 +224,7 @@ def test_versions_switch_under_load_without_failed_requests(deployment):
         with httpx.Client(base_url=api.url, timeout=10) as c:
             j = n
             while not stop.is_set():
-                r = c.get(f"/users/{users[j % len(users)]}/recommendations")
+                r = c.get(f"/users/{path_part(users[j % len(users)])}/recommendations")
                 if r.status_code == 200:
                     seen.append(r.json()["model_version"])
                 else:
@@ -181,7 +255,8 @@ def test_a_token_is_required_when_configured_and_when_not_on_loopback(deployment
         create_app(settings.model_copy(update={"serving": settings.serving.model_copy(update={"host": "0.0.0.0"})}))
     secured = settings.model_copy(update={"serving": settings.serving.model_copy(update={"token": "s3cret"})})
     with Api(secured) as api, httpx.Client(base_url=api.url, timeout=10) as c:
-        assert c.get("/users/user1/recommendations").status_code == 401
+        r = c.get("/users/user1/recommendations")
+        assert r.status_code == 401 and ErrorBody.model_validate(r.json()).detail == "a valid bearer token is required"
         assert c.get("/users/user1/recommendations", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/users/user1/recommendations", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/health").status_code == 200  # probes stay open

@@ -14,6 +14,7 @@ import torch
 from deploy.broker import free_port
 from deploy.stack import Stack
 from store.registry import ModelRegistry
+from store.titles import TitleReader
 from store.vectors import CONTENT, VectorStore, items_collection
 from streams.producer import EventProducer
 from streams.schemas import ItemRecord
@@ -191,3 +192,41 @@ def test_consumption_resumes_after_the_group_evicted_a_paused_worker(settings, t
             pauses += 1
         assert pauses >= 2 and count(settings) < n  # the backlog outlived the evictions
         wait_for(lambda: count(settings) == n, timeout_s=120)
+
+
+# ---- tombstones, poison records, a foreign client (issue 14) -------------------------------------
+def titles(settings, ids) -> dict:
+    reader = TitleReader(settings.titles_path)
+    try:
+        return {i: reader.get(i) for i in ids}
+    finally:
+        reader.close()
+
+
+def test_null_values_delete_keyed_items_and_dead_letter_keyless_ones_without_losing_the_batch(settings, tmp_path):
+    """Issue 14's reproduction: 10 valid items with one null value among them were all lost."""
+    version, _ = publish_tower(settings)
+    with Stack(settings, tmp_path / "run") as stack:
+        stack.create_topics()
+        stack.start_worker("encoder", free_port())
+        with EventProducer(settings) as p:
+            for i in range(10):
+                p.send_item(item(i))
+                if i == 4:
+                    p.send_raw(settings.topics.items, None, None)  # a tombstone without a key
+        wait_for(lambda: count(settings) == 10, timeout_s=90)
+        (x,) = dead_letters(settings.broker.bootstrap, settings.topics.items_dlq, 1)
+        assert "null value" in x["reason"] and "without a key" in x["reason"] and x["payload_bytes"] == 0
+        assert count(settings, items_collection(version)) == 10
+        assert titles(settings, ["item-3"])["item-3"] == "Lab beaker 3 ml"
+
+        with EventProducer(settings) as p:  # the Kafka convention: a null value deletes the key's item
+            p.send_raw(settings.topics.items, b"item-3", None)
+            p.send_raw(settings.topics.items, b"item-5", None)
+            p.send_item(item(5, title="Lab beaker 5 ml, again"))  # same key after its tombstone: back
+        expected = {"item-3": None, "item-5": "Lab beaker 5 ml, again"}
+        wait_for(lambda: titles(settings, expected) == expected and count(settings) == 9, timeout_s=60)
+        assert count(settings, items_collection(version)) == 9
+        assert "item-3" not in rows(settings, ["item-3"]) and "item-5" in rows(settings, ["item-5"])
+        with VectorStore(settings.vector_uri) as s:
+            assert "item-3" not in s.ids(items_collection(version))

@@ -1,9 +1,11 @@
 """Exactly-once effect on the state under real SIGKILLs, with partitions moving between two workers.
 
-Events (with duplicates and out-of-order deliveries) are produced in waves while two interaction
-workers in one consumer group are killed with SIGKILL at random and restarted. At the end every user's
-stored sequence must equal the one computed directly from the events with the same rule, and the
-state's counters must account for every event exactly once.
+Events (with duplicates and out-of-order deliveries) are produced in waves, a third each through
+kafka-python (murmur2 of the user id), confluent-kafka at its default settings (librdkafka: CRC32)
+and with no key at all, while two interaction workers in one consumer group are killed with SIGKILL at
+random and restarted. At the end every user's stored sequence must equal the one computed directly
+from the events with the same rule, in exactly one partition database (its user's), and every
+distinct event must have been applied exactly once (a forward re-sent after a kill is a duplicate).
 """
 
 import random
@@ -13,12 +15,14 @@ import time
 from collections import Counter
 
 import pytest
+from confluent_kafka import Producer as ConfluentProducer
 
 from deploy.broker import free_port
 from deploy.stack import Stack
 from store.state import Entry, StateReader, apply_event
 from streams.producer import EventProducer
-from streams.schemas import Interaction
+from streams.repartition import canonical_partition
+from streams.schemas import Interaction, encode
 from tests.integration.helpers import state_settled, wait_for
 
 pytestmark = pytest.mark.integration
@@ -66,16 +70,25 @@ def expected_state(events: list[Interaction], max_len: int, lateness: float):
 
 def test_state_is_exact_after_random_kills_and_rebalances(settings, tmp_path):
     rng = random.Random(7)
-    settings = settings.model_copy(update={"state": settings.state.model_copy(update={"max_seq_len": 20})})
+    # longer than any user's history, so a duplicate is always recognised by its event id
+    settings = settings.model_copy(update={"state": settings.state.model_copy(update={"max_seq_len": 64})})
     events = make_events(n_users=150, per_user=40, rng=rng)
     produced = threading.Event()
+    topic = settings.topics.interactions
 
     def produce_slowly():  # ~6k events over ~20 s, so kills land while batches are being written
+        foreign = ConfluentProducer({"bootstrap.servers": settings.broker.bootstrap})  # default settings
         with EventProducer(settings) as producer:
             for i in range(0, len(events), 50):
-                for ev in events[i : i + 50]:
-                    producer.send_interaction(ev)
+                for k, ev in enumerate(events[i : i + 50], i):
+                    if k % 3 == 0:
+                        producer.send_interaction(ev)  # murmur2 of the user id
+                    elif k % 3 == 1:
+                        foreign.produce(topic, key=ev.user_id.encode(), value=encode(ev))  # CRC32
+                    else:
+                        producer.send_raw(topic, None, encode(ev))  # no key
                 producer.flush()
+                foreign.flush(30)
                 time.sleep(0.15)
         produced.set()
 
@@ -97,18 +110,34 @@ def test_state_is_exact_after_random_kills_and_rebalances(settings, tmp_path):
             seen[victim] = assignments(stack, victim)
             stack.start_worker(victim, free_port(), module="streams.interaction_worker")
         thread.join()
-        reader = StateReader(settings.state_path, settings.topics.interactions)
+        seqs, counts = expected_state(events, settings.state.max_seq_len, settings.state.allowed_lateness_s)
+        reader = StateReader(settings.state_path, topic)
+
+        def stored():
+            reader.catch_up()
+            return {u: [[e.event_time, e.item_id, e.action, e.event_id] for e in seq] for u, seq in reader.users()}
+
         wait_for(state_settled(reader, len(events)), timeout_s=120)
+        wait_for(lambda: stored() == seqs, timeout_s=120)
         time.sleep(1.0)  # anything applied twice would show up now
-        reader.catch_up()
-        stored = {u: [[e.event_time, e.item_id, e.action, e.event_id] for e in seq] for u, seq in reader.users()}
+        final = stored()
         counters = reader.counters()
+        owners = {}
+        for path, db in reader.dbs.items():
+            for key in db.keys(from_key=b"u/"):
+                if not key.startswith(b"u/"):
+                    break
+                owners.setdefault(key[2:].decode(), []).append(path.name)
         reader.close()
         logs = "".join(stack.log_path(n).read_text() for n in WORKERS)
 
-    seqs, counts = expected_state(events, settings.state.max_seq_len, settings.state.allowed_lateness_s)
     resumed = [int(x) for x in re.findall(r"resuming at stored offset (\d+)", logs)]
     assert kills >= 4 and counts["duplicate"] > 0
     assert sum(o > 0 for o in resumed) >= 2, "partitions never resumed from a stored offset"
-    assert stored == seqs
-    assert {k: counters[k] for k in counts} == dict(counts)
+    assert final == seqs
+    assert "offset regression" not in logs  # kills and rebalances are not regressions
+    n = settings.topics.partitions
+    assert all(dbs == [f"{topic}-p{canonical_partition(u, n)}"] for u, dbs in owners.items()), "a user split"
+    assert counters["applied"] == counts["applied"] == len({ev.event_id for ev in events})
+    # every delivery accounted for: the duplicates produced, plus forwards re-sent after a kill
+    assert counters["duplicate"] >= counts["duplicate"] and counters["late_dropped"] == 0

@@ -27,3 +27,25 @@ def test_get_put_round_trip_and_keys(tmp_path):
     assert len(c) == 2
     # persists across opens
     assert np.array_equal(EmbeddingCache(tmp_path / "cache").get_many("m", "t", ["a"])[0], v[0])
+
+
+def test_writing_commits_each_put_and_releases_the_lock(tmp_path):
+    """Inside writing() every put is visible to another reader at once (committed), and the database
+    is not held past hold_s, so a second writer can open it between puts."""
+    from rocksdict import AccessType, Options, Rdict
+
+    c = EmbeddingCache(tmp_path / "cache")
+    v = np.ones((1, 3), dtype=np.float32)
+    with c.writing(hold_s=0.0):
+        c.put_many("m", "t", ["a"], v)
+        assert c._db is None  # hold_s 0: closed after every put
+        other = EmbeddingCache(tmp_path / "cache", lock_wait_s=0.5)
+        other.put_many("m", "t", ["b"], v)  # took the lock: not served read-only
+        assert not other._read_only
+    with c.writing(hold_s=60.0):
+        c.put_many("m", "t", ["c"], v)
+        assert c._db is not None  # held between puts
+        ro = Rdict(str(tmp_path / "cache"), options=Options(raw_mode=True), access_type=AccessType.read_only())
+        assert ro.get(cache_key("m", "t", "c")) is not None  # committed, not waiting for the block's end
+        ro.close()
+    assert c._db is None and len(c) == 3

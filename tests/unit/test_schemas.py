@@ -4,6 +4,7 @@ import time
 import pytest
 
 from streams.schemas import (
+    MAX_DLQ_PAYLOAD_BYTES,
     MAX_ID_CHARS,
     ActionType,
     Interaction,
@@ -81,3 +82,21 @@ def test_dead_letter_keeps_the_original_bytes():
     assert letter.payload == "\\xff{bad" and letter.payload_bytes == 5
     assert (letter.partition, letter.offset, letter.key) == (2, 7, "k")
     assert "UTF-8" in letter.reason
+
+
+def test_a_null_value_is_a_record_error_not_a_crash():
+    for decode in (decode_interaction, decode_item):
+        with pytest.raises(RecordError) as err:
+            decode(None)
+        assert "null value (a tombstone)" in err.value.reason
+    with pytest.raises(RecordError, match="must be bytes"):
+        decode_interaction(42)
+
+
+def test_dead_letter_of_a_tombstone_and_of_a_huge_record():
+    x = dead_letter(None, RecordError("null value"), "interactions", 0, 7, b"u1")
+    assert (x.payload, x.payload_bytes, x.null_value, x.key) == ("", 0, True, "u1")
+    huge = b"x" * (MAX_DLQ_PAYLOAD_BYTES + 10)
+    y = dead_letter(huge, RecordError("too big"), "interactions")
+    assert len(y.payload) == MAX_DLQ_PAYLOAD_BYTES and y.payload_truncated and y.payload_bytes == len(huge)
+    assert not y.null_value

@@ -1,0 +1,295 @@
+"""`learn up` / `learn down` / `learn status`: the whole stack in the background under supervisord.
+
+Programs, in start order: the S3 server and Tansu (the embedded broker, none if it is external), the
+encoder worker, the interaction worker, the incremental trainer and the query API. supervisord
+(PyPI `supervisor`) restarts any of them that exits, whatever the signal: one that dies right after
+starting is retried with a growing delay (1 s, 2 s, ...), one that ran at least `START_SECS` is
+restarted at once. A harness may therefore SIGKILL any program's pid and wait for its new one.
+
+Everything lives in the run directory (`<data_dir>/run`): the generated `supervisord.conf`, the control
+socket (a unix socket: no TCP port), supervisord's log and pid file, and one log per program. The
+settings reach every program as today's `LEARN_*` variables (`settings_env`), set on supervisord and
+inherited; per-program differences (web ports) are command-line arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from config import Settings
+from deploy.broker import BrokerError, Program, broker_programs, port_open, prepare_storage
+from deploy.stack import WORKERS, settings_env, worker_command
+from streams.topics import ensure_topics, topic_specs
+
+START_SECS = 3  # a program that lives this long counts as started (then a crash restarts it at once)
+START_RETRIES = 1000  # quick deaths in a row before supervisord gives up on a program (state FATAL)
+STOP_WAIT_S = 20  # SIGTERM, then SIGKILL of the program's whole process group after this long
+NOT_RUNNING = 70  # supervisor.xmlrpc.Faults.NOT_RUNNING
+
+
+class SupervisorError(RuntimeError):
+    """supervisord did not start, or a program did not become ready."""
+
+
+# ---- what runs (pure) ----------------------------------------------------------------------------
+def worker_ports(settings: Settings) -> dict[str, int]:
+    """Each faust worker's web port: `worker.web_port` for the interaction worker, the next for the encoder."""
+    return {"interactions": settings.worker.web_port, "encoder": settings.worker.web_port + 1}
+
+
+def stack_settings(settings: Settings) -> Settings:
+    """The settings every program gets: the API re-exports the workers' /metrics pages."""
+    if settings.serving.metrics_urls:
+        return settings
+    w = settings.worker
+    urls = [f"http://{w.web_host}:{p}/metrics" for p in worker_ports(settings).values()]
+    return settings.model_copy(update={"serving": settings.serving.model_copy(update={"metrics_urls": urls})})
+
+
+def stack_programs(settings: Settings) -> list[Program]:
+    """Every long-running process of `learn up`, in start order."""
+    host, ports = settings.worker.web_host, worker_ports(settings)
+    workers = [Program(name, worker_command(WORKERS[name], host, ports[name]), {}, host, ports[name],
+                       f"http://{host}:{ports[name]}/counts") for name in ("encoder", "interactions")]  # fmt: skip
+    sv = settings.serving
+    return [
+        *broker_programs(settings),
+        *workers,
+        Program("trainer", [sys.executable, "-m", "deploy.cli", "trainer"]),
+        Program("api", [sys.executable, "-m", "serving.api"], {}, sv.host, sv.port, f"http://{sv.host}:{sv.port}/ready"),
+    ]  # fmt: skip
+
+
+def _quote(value: str) -> str:
+    return value.replace("%", "%%")  # supervisord expands %(name)s in its values
+
+
+# The programs' names in start order (stack_programs); `learn down` stops them in reverse.
+START_ORDER = ("s3", "broker", "encoder", "interactions", "trainer", "api")
+
+
+def stop_rank(name: str) -> int:
+    return -START_ORDER.index(name) if name in START_ORDER else -len(START_ORDER)
+
+
+def supervisor_conf(programs: list[Program], run_dir: Path, cwd: Path) -> str:
+    """supervisord's configuration: a unix control socket, logs in run_dir, one [program:x] each.
+    Programs are started by `learn up` in order (autostart off) and restarted by supervisord."""
+    sock = socket_path(run_dir)
+    lines = [
+        "[unix_http_server]", f"file={_quote(str(sock))}", "chmod=0700", "",
+        "[supervisord]", f"logfile={_quote(str(run_dir / 'supervisord.log'))}", "logfile_maxbytes=10MB",
+        f"pidfile={_quote(str(run_dir / 'supervisord.pid'))}", f"childlogdir={_quote(str(run_dir))}",
+        f"directory={_quote(str(cwd))}", "nodaemon=false", "silent=true", "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
+        "[supervisorctl]", f"serverurl=unix://{_quote(str(sock))}", "",
+    ]  # fmt: skip
+    for i, p in enumerate(programs):
+        env = ",".join(f'{k}="{_quote(v)}"' for k, v in p.env.items())
+        lines += [
+            f"[program:{p.name}]",
+            f"command={_quote(shlex.join(p.command))}",
+            f"priority={10 * (i + 1)}",  # stopped in reverse: workers first, the broker, the S3 server last
+            "autostart=false", "autorestart=true",
+            f"startsecs={START_SECS}", f"startretries={START_RETRIES}",
+            "stopsignal=TERM", f"stopwaitsecs={STOP_WAIT_S}", "stopasgroup=true", "killasgroup=true",
+            "redirect_stderr=true", f"stdout_logfile={_quote(str(run_dir / (p.name + '.log')))}",
+            "stdout_logfile_maxbytes=20MB", "stdout_logfile_backups=2",
+        ]  # fmt: skip
+        if env:
+            lines.append(f"environment={env}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def supervisord_env(settings: Settings) -> dict[str, str]:
+    """supervisord's (so every program's) environment: this one without its own settings variables,
+    then the settings as LEARN_* variables, so `learn up --port` and the like reach every program."""
+    own = tuple(f"LEARN_{name.upper()}" for name in Settings.model_fields)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(own)}
+    return {**base, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+
+
+_SPAWNED = re.compile(r"spawned: '([^']+)' with pid (\d+)")
+_STARTED = re.compile(r"supervisord started with pid (\d+)")
+
+
+def spawn_counts(log_text: str) -> dict[str, int]:
+    """How often supervisord spawned each program since it last started (from its log)."""
+    starts = [m.end() for m in _STARTED.finditer(log_text)]
+    counts: dict[str, int] = {}
+    for m in _SPAWNED.finditer(log_text, starts[-1] if starts else 0):
+        counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    return counts
+
+
+# ---- supervisord (I/O) ---------------------------------------------------------------------------
+def socket_path(run_dir: Path) -> Path:
+    return run_dir / "supervisor.sock"
+
+
+def rpc(run_dir: Path):
+    """supervisord's XML-RPC interface over its unix socket."""
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport(None, None, f"unix://{socket_path(run_dir)}")
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+
+def supervisord_pid(run_dir: Path) -> int | None:
+    """The pid of the supervisord answering on run_dir's socket, or None when none answers."""
+    if not socket_path(run_dir).exists():
+        return None
+    try:
+        return int(rpc(run_dir).getPID())
+    except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+        return None
+
+
+def start_supervisord(settings: Settings, run_dir: Path, programs: list[Program], timeout_s: float = 30.0) -> int:
+    """Write the configuration and start supervisord (it daemonises); return its pid."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    conf = run_dir / "supervisord.conf"
+    conf.write_text(supervisor_conf(programs, run_dir, Path.cwd()))
+    socket_path(run_dir).unlink(missing_ok=True)  # left by a supervisord that was killed
+    out = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
+                         env=supervisord_env(settings), capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+    if out.returncode != 0:
+        raise SupervisorError(f"supervisord did not start: {out.stderr.strip() or out.stdout.strip()}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pid = supervisord_pid(run_dir)
+        if pid:
+            return pid
+        time.sleep(0.1)
+    raise SupervisorError(f"supervisord did not answer on {socket_path(run_dir)}; see {run_dir / 'supervisord.log'}")
+
+
+def wait_ready(program: Program, run_dir: Path, timeout_s: float) -> None:
+    """Wait until the program's port accepts connections and its ready URL answers 200."""
+    sup = rpc(run_dir)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = sup.getProcessInfo(program.name)
+        if info["statename"] == "FATAL":
+            raise SupervisorError(f"{program.name} keeps exiting; see {run_dir / (program.name + '.log')}")
+        if program.port is None or port_open(program.host, program.port):
+            if program.ready_url is None:
+                return
+            try:
+                if httpx.get(program.ready_url, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.2)
+    raise SupervisorError(f"{program.name} was not ready within {timeout_s:.0f}s; see {run_dir / (program.name + '.log')}")
+
+
+@dataclass
+class UpReport:
+    supervisord_pid: int
+    supervisord_started: bool  # False: one was running already
+    started: list[str]  # programs this call started
+    already_running: list[str]
+    topics_created: list[str]
+
+
+def up(settings: Settings, run_dir: Path, ready_timeout_s: float = 300.0) -> UpReport:
+    """Start what is not running yet, in order, each ready before the next; idempotent."""
+    s = stack_settings(settings)
+    programs = stack_programs(s)
+    pid = supervisord_pid(run_dir)
+    fresh = pid is None
+    if fresh:
+        for p in programs:
+            if p.port is not None and port_open(p.host, p.port):
+                raise BrokerError(f"port {p.host}:{p.port} ({p.name}) is already in use: "
+                                  "stop the other stack or pick another port")  # fmt: skip
+        prepare_storage(s)
+        pid = start_supervisord(s, run_dir, programs)
+    sup = rpc(run_dir)
+    started, running, topics = [], [], None
+    for p in programs:
+        if p.name in WORKERS and topics is None:  # the broker is ready: topics before any worker
+            topics = ensure_topics(s.broker.bootstrap, topic_specs(s))
+        state = sup.getProcessInfo(p.name)["statename"]
+        if state in ("RUNNING", "STARTING", "BACKOFF"):
+            running.append(p.name)
+        else:
+            sup.startProcess(p.name, False)
+            started.append(p.name)
+        wait_ready(p, run_dir, ready_timeout_s)
+    return UpReport(pid, fresh, started, running, topics or [])
+
+
+@dataclass
+class Health:
+    name: str
+    state: str  # RUNNING, STARTING, BACKOFF, EXITED, FATAL, STOPPED
+    pid: int | None
+    restarts: int  # spawns since supervisord started, less the first
+    uptime_s: float | None
+
+
+def health(run_dir: Path) -> list[Health]:
+    """Each program's state, pid and restart count; [] when no supervisord answers."""
+    if supervisord_pid(run_dir) is None:
+        return []
+    log = run_dir / "supervisord.log"
+    spawns = spawn_counts(log.read_text(errors="replace") if log.exists() else "")
+    out = []
+    for info in rpc(run_dir).getAllProcessInfo():
+        running = info["statename"] == "RUNNING"
+        out.append(Health(info["name"], info["statename"], info["pid"] or None,
+                          max(spawns.get(info["name"], 0) - 1, 0),
+                          float(info["now"] - info["start"]) if running else None))  # fmt: skip
+    return out
+
+
+def down(run_dir: Path, timeout_s: float = 120.0) -> list[tuple[str, int]]:
+    """Stop every program (workers first, the S3 server last) and supervisord; return (name, pid) stopped."""
+    pid = supervisord_pid(run_dir)
+    if pid is None:
+        return []
+    sup = rpc(run_dir)
+    infos = sorted(sup.getAllProcessInfo(), key=lambda i: stop_rank(i["name"]))
+    stopped = [(i["name"], i["pid"]) for i in infos if i["pid"]]
+    for info in infos:  # one at a time: a worker shuts down cleanly only while the broker still runs
+        if info["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
+            try:
+                sup.stopProcess(info["name"], True)
+            except xmlrpc.client.Fault as e:
+                if e.faultCode != NOT_RUNNING:  # it exited meanwhile
+                    raise
+    sup.shutdown()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        raise SupervisorError(f"supervisord (pid {pid}) did not exit within {timeout_s:.0f}s")
+    return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is gone for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,66 @@
+"""A record whose state update raises (not a RecordError) is dead-lettered on its own; the rest of its
+batch is applied and the offset moves past all of them."""
+
+import asyncio
+import json
+import time
+from types import SimpleNamespace
+
+import store.state as state_module
+from config import load_settings
+from store.state import PartitionState
+from streams.interaction_worker import InteractionWorker
+from streams.repartition import route
+from streams.schemas import Interaction, encode
+
+
+class RecordingProducer:
+    """Stands in for the broker's acknowledgement: every send succeeds and is recorded."""
+
+    def __init__(self):
+        self.sent = []
+
+    async def send(self, topic, value, key=None, partition=None, timestamp_ms=None):
+        self.sent.append((topic, value))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+def test_a_record_whose_update_raises_is_dead_lettered_alone(tmp_path, monkeypatch):
+    real = state_module.apply_event
+
+    def apply_event(seq, e, max_len, lateness_s):
+        if e.event_id == "bad":
+            raise RuntimeError("state update failed")
+        return real(seq, e, max_len, lateness_s)
+
+    monkeypatch.setattr(state_module, "apply_event", apply_event)
+    settings = load_settings(data_dir=tmp_path, topics={"partitions": 1})
+    producer = RecordingProducer()
+    worker = InteractionWorker(settings, consumer=None, producer=producer, n_partitions=1)
+    records = [SimpleNamespace(topic="interactions", partition=0, offset=o, key=b"u1", timestamp=1, value=encode(
+        Interaction(event_id=eid, user_id="u1", item_id=f"i{o}", event_time=time.time())))
+        for o, eid in enumerate(["a", "bad", "c"])]  # fmt: skip
+    part = PartitionState(tmp_path / "p0", sources=("", "repartition"))
+    routed = route(records, "interactions", 0, 1)
+    counts = asyncio.run(worker.apply(part, "", routed.rows, records))
+    assert counts["applied"] == 2 and counts["dead_lettered"] == 1
+    assert part.next_offset == 3
+    (topic, value), = producer.sent
+    letter = json.loads(value)
+    assert topic == settings.topics.interactions_dlq and letter["offset"] == 1
+    assert "unexpected RuntimeError" in letter["reason"] and "state update failed" in letter["reason"]
+    part.close()
+
+
+def test_co_partitioned_topics_must_exist_with_one_partition_count():
+    import pytest
+
+    from streams.interaction_worker import FatalError, check_partition_counts
+
+    assert check_partition_counts({"a": 4, "a.r": 4}, ["a", "a.r"]) == 4
+    with pytest.raises(FatalError, match="do not exist"):
+        check_partition_counts({"a": 4, "a.r": 0}, ["a", "a.r"])
+    with pytest.raises(FatalError, match="one partition count"):
+        check_partition_counts({"a": 4, "a.r": 2}, ["a", "a.r"])
