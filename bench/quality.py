@@ -56,7 +56,9 @@ VARIANTS = {
 def planned_runs() -> list[dict]:
     runs = []
     for enc, variant in (("smollm2", "default"), ("smollm2", "nowhiten"), ("minilm", "default"), ("minilm", "nowhiten")):
-        runs.append(dict(model="zero-training", kind="zero-training", encoder=enc, variant=variant, seed=SEEDS[0], tower="a"))
+        # the headline "zero-training" is the default encoder's, as LEARN's; the others are ablations
+        model = "zero-training" if (enc, variant) == ("smollm2", "default") else "zero-training-ablation"
+        runs.append(dict(model=model, kind="zero-training", encoder=enc, variant=variant, seed=SEEDS[0], tower="a"))
     runs.append(dict(model="popularity", kind="popularity", encoder="none", variant="default", seed=SEEDS[0], tower="a"))
     for seed in SEEDS:  # the headline first: one seed of a, b, c, then the next seed
         for tower in "acb":

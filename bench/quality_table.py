@@ -28,7 +28,7 @@ QUOTED = [
 ]
 RB = "metrics_recbole_protocol"
 ORDER = ["learn-a", "learn-b", "learn-c", "sasrec-recbole", "learn-a-dense", "learn-b-dense", "learn-c-dense",
-         "learn-a-ablation", "zero-training", "popularity"]
+         "learn-a-ablation", "zero-training", "zero-training-ablation", "popularity"]
 
 
 def encoder_name(run: dict) -> str:
