@@ -41,6 +41,14 @@ def make(**kw):
     return LEARN(cfg, F.normalize(torch.randn(20, 12), dim=-1))
 
 
+def make_scorer(model):
+    def scores(hs):
+        s, n = pad_sequences(hs, model.pad_id, 10)
+        return model.full_sort_predict({"item_seq": s, "item_seq_len": n})
+
+    return scores
+
+
 def test_history_terms_start_at_zero_and_are_learned_in_the_loss():
     plain = make(history_in_loss="negatives")
     m = make(history_in_loss="negatives", history_age_bias=True, history_knn=True)
@@ -88,12 +96,6 @@ def test_knn_blend_is_off_in_training_and_chosen_on_validation():
     assert torch.allclose(m.calculate_loss(batch), plain.calculate_loss(batch))  # training as without it
     m.eval()
 
-    def make_scorer(model):
-        def scores(hs):
-            s, n = pad_sequences(hs, model.pad_id, 10)
-            return model.full_sort_predict({"item_seq": s, "item_seq_len": n})
-        return scores
-
     # validation targets that the content kNN ranks first: a large weight should win
     zt = history.recency_weighted_history(m.content, seq, history.last_positions(lens), torch.tensor(0.7))
     knn = zt @ m.content[:20].T
@@ -110,12 +112,6 @@ def test_masked_history_gets_a_validation_chosen_penalty_not_a_learned_bias():
     m = make(history_age_bias=True, history_knn_blend=True)  # history masked in the loss (default)
     assert not m.history.age_bias.requires_grad and not m.history.knn_weight.requires_grad
     m.eval()
-
-    def make_scorer(model):
-        def scores(hs):
-            s, n = pad_sequences(hs, model.pad_id, 10)
-            return model.full_sort_predict({"item_seq": s, "item_seq_len": n})
-        return scores
 
     # the user tower's favourite items are put in each history: under RecBole's convention they sit above
     # the target, so a penalty on history items must win
