@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.seed import random_unit
 from deploy import milvus_server
-from serving.seed import random_unit
 from store.vectors import VectorStore, items_collection
 
 REPO = Path(__file__).resolve().parent.parent

@@ -137,6 +137,9 @@ def demo(
     if port is None and port_open(s.broker.host, s.broker.port):  # another stack runs: don't collide
         s = _settings(data_dir or run_dir / "data", free_port(s.broker.host))
         console.print(f"port {load_settings().broker.port} is busy: this demo's broker uses {s.broker.port}")
+    if s.broker.storage == "s3" and not s.broker.external:  # only this demo's broker talks to its S3 server:
+        # a free port, never the default another stack's broker would write its topics to
+        s = s.model_copy(update={"broker": s.broker.model_copy(update={"s3_port": free_port(s.broker.host)})})
     report = run_demo(s, run_dir, dataset=src, users=users, events_per_s=events_per_s, window_s=window_s,
                       progress=progress, console=console, speedup=speedup)  # fmt: skip
     raise typer.Exit(0 if report.ok else 1)

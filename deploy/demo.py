@@ -183,7 +183,12 @@ def run_demo(
     # The catalogue is encoded before any interaction is streamed, while every other process idles:
     # unless configured otherwise, the encoder worker's torch gets every core (0) for that stage.
     enc_threads = settings.encoder.threads if "threads" in settings.encoder.model_fields_set else 0
+    # The demo's broker lives for this one run: unless configured otherwise it keeps its topics in
+    # memory (measured here: with the S3 storage the interaction worker logged offset regressions
+    # under load, applied events twice and lost the dead letters).
+    storage = settings.broker.storage if "storage" in settings.broker.model_fields_set else "memory"
     settings = settings.model_copy(update={
+        "broker": settings.broker.model_copy(update={"storage": storage}),
         "trainer": settings.trainer.model_copy(update={"window_s": window_s}),
         "encoder": settings.encoder.model_copy(update={"threads": enc_threads}),
         "cache_dir": settings.cache_dir or REPO_ROOT / ".learn",  # warm second runs

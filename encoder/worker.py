@@ -63,6 +63,7 @@ from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore
 from streams.app import make_app, raw_topic
 from streams.metrics import BATCH_SIZE, DEAD_LETTERS, LATENCY, RECORDS, register_pages
 from streams.schemas import (
+    MAX_DLQ_PAYLOAD_BYTES,
     MIN_EVENT_TIME,
     DeadLetter,
     ItemRecord,
@@ -201,13 +202,13 @@ def letter(raw: bytes | None, e: RecordError, topic: str, partition, offset, key
     tombstone), made sure to be sendable: escapes can make the JSON text of a payload 6x its bytes
     (\\u0001), and a record can have thousands of field errors, so the reason and the error list are
     cut, then the payload and the key are halved until key + letter fit MAX_LETTER_BYTES."""
-    x = dead_letter(raw, e, topic, partition, offset, key)
+    x = dead_letter(raw, e, topic, partition, offset, key, max_payload=MAX_DLQ_PAYLOAD_BYTES)
     reason = x.reason if len(x.reason) <= MAX_REASON_CHARS else x.reason[: MAX_REASON_CHARS - 3] + "..."
     x = x.model_copy(update={"reason": reason, "errors": x.errors[:MAX_ERRORS]})
     for name in ("payload", "key"):
         while getattr(x, name) and len(encode(x)) + len((x.key or "").encode()) > MAX_LETTER_BYTES:
             value = getattr(x, name)
-            x = x.model_copy(update={name: value[: len(value) // 2]})
+            x = x.model_copy(update={name: value[: len(value) // 2], "payload_truncated": True})
     return x
 
 
