@@ -212,6 +212,18 @@ class ModelSettings(BaseModel):
     max_negatives: int = 1024  # in-batch negatives per anchor, sampled when a batch has more
     # > 0: the full softmax plus this times the paper's dense all-action loss (item towers a/b/c differ)
     dense_weight: float = 0.0
+    # Items the user has already seen (trainer/history.py; issue 17): "masked" out of the full softmax,
+    # or kept as "negatives"; a learned logit per age on the history's items; a learned content-kNN
+    # residual (the zero-training score with a learned weight and decay).
+    history_in_loss: Literal["masked", "negatives"] = "masked"
+    # Default (issue 17, chosen on validation: bench/results/quality_sweep.json): history masked in the
+    # loss, then a penalty on history items and the kNN weight chosen on validation after training.
+    # With history masked the age bias is not learned (held at zero in training).
+    history_age_bias: bool = True
+    history_knn: bool = False
+    # the kNN residual's weight not trained but chosen on validation after training (a blend with the
+    # zero-training score; trainer/history.choose_knn_blend)
+    history_knn_blend: bool = True
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 256

@@ -10,7 +10,8 @@ Protocol (LEARN / UniSRec full ranking, used for every model in this project, pe
 - metrics: NDCG@10, Recall@10 (= HR@10 with one target), NDCG@50, Recall@50 and MRR (untruncated).
 
 `history_excluded=False` gives RecBole's own convention (only the padding id is masked), so a peer
-can be reported both ways from one score matrix.
+can be reported both ways from one score matrix. `evaluate_both_protocols` does exactly that: each
+batch's scores are computed once and ranked under both conventions (`PROTOCOLS`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch
 
 KS = (10, 50)
 METRIC_NAMES = tuple(f"{m}@{k}" for k in KS for m in ("ndcg", "recall")) + ("mrr",)
+# protocol name -> history_excluded; the names are the keys results files use for them
+PROTOCOLS = {"history_excluded": True, "recbole": False}
 
 
 def mask_history(
@@ -74,6 +77,26 @@ def ranks_for_batch(
     return target_ranks(scores, targets)
 
 
+def split_ranks(
+    full_scores: Callable[[list[list[int]]], torch.Tensor],
+    examples: Sequence[tuple[Sequence[int], int]],
+    conventions: dict[str, bool],
+    batch_size: int = 1024,
+) -> dict[str, torch.Tensor]:
+    """The targets' ranks over a split under each named convention (name -> history_excluded), the
+    scorer called once per batch, so every convention ranks the same score matrix."""
+    ranks: dict[str, list[torch.Tensor]] = {name: [] for name in conventions}
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i : i + batch_size]
+            histories = [list(h) for h, _ in chunk]
+            targets = torch.tensor([t for _, t in chunk], dtype=torch.long)
+            scores = full_scores(histories)
+            for name, excluded in conventions.items():
+                ranks[name].append(ranks_for_batch(scores, targets, histories, excluded))
+    return {name: torch.cat(r) for name, r in ranks.items()}
+
+
 def evaluate_examples(
     full_scores: Callable[[list[list[int]]], torch.Tensor],
     examples: Sequence[tuple[Sequence[int], int]],
@@ -82,12 +105,16 @@ def evaluate_examples(
 ) -> dict[str, float]:
     """Run the protocol over a split: `full_scores(histories) -> (B, N)` is any model's scorer (a
     LEARN model, a baseline, exported peer scores); `examples` are (history, target) pairs."""
-    ranks = []
-    with torch.no_grad():
-        for i in range(0, len(examples), batch_size):
-            chunk = examples[i : i + batch_size]
-            histories = [list(h) for h, _ in chunk]
-            targets = torch.tensor([t for _, t in chunk], dtype=torch.long)
-            scores = full_scores(histories)
-            ranks.append(ranks_for_batch(scores, targets, histories, history_excluded))
-    return metrics_from_ranks(torch.cat(ranks))
+    ranks = split_ranks(full_scores, examples, {"split": history_excluded}, batch_size)["split"]
+    return metrics_from_ranks(ranks)
+
+
+def evaluate_both_protocols(
+    full_scores: Callable[[list[list[int]]], torch.Tensor],
+    examples: Sequence[tuple[Sequence[int], int]],
+    batch_size: int = 1024,
+) -> dict[str, dict[str, float]]:
+    """`evaluate_examples` under every convention of `PROTOCOLS` from ONE score matrix (the scorer
+    is called once per batch): {"history_excluded": metrics, "recbole": metrics}."""
+    ranks = split_ranks(full_scores, examples, PROTOCOLS, batch_size)
+    return {name: metrics_from_ranks(r) for name, r in ranks.items()}

@@ -8,6 +8,8 @@ All take L2-normalised user and item vectors and a temperature tau (logits = cos
 2. `full_softmax`: next-item cross-entropy over ALL items of the catalogue, with the anchor's history
    masked out of the denominator (the evaluation ranks with history excluded, so training should not
    spend effort pushing history items down). Exact, and cheap for a catalogue of a few thousand items.
+   Without the mask, history items are negatives like any other; `extra_logits` adds learned score
+   terms (trainer/history.py), e.g. a bias on the history's items that learns how often they recur.
 3. `dense_all_action`: the LEARN paper's loss. Every history position's user vector predicts EVERY
    item of its target window (the next `W` items), not only the next one. For window slot k the
    candidates are the slot-k item vectors of all anchors in the batch (for item tower (a) they are
@@ -80,10 +82,14 @@ def full_softmax(
     targets: torch.Tensor,
     temperature: float,
     exclude: torch.Tensor | None = None,
+    extra_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """user (M, d), items (N, d), targets (M,), exclude (M, N) bool (history) -> scalar.
-    The target itself is never excluded, even when it re-occurs in the history."""
+    The target itself is never excluded, even when it re-occurs in the history. `extra_logits`
+    (M, N) is added to the logits (trainer/history.py's learned terms for items already seen)."""
     logits = user @ items.T / temperature  # (M, N)
+    if extra_logits is not None:
+        logits = logits + extra_logits
     if exclude is not None:
         exclude = exclude.clone()
         exclude[torch.arange(len(targets), device=targets.device), targets] = False

@@ -35,6 +35,12 @@ all 4,385 items, which is cheap here. Consequence, stated plainly: under a next-
 window has one item, so item tower (a) computes exactly what (b) computes, and (a) == (b) for the
 same seed; the towers differ only under the dense losses (`--loss dense_all_action`, or the dense
 term added to the default with `--dense-weight`; bench/quality.py compares a, b, c that way).
+
+Items already seen (issue 17; trainer/history.py; validation NDCG@10 history excluded / RecBole's
+convention, seed 2024): the default above 0.0906 / 0.0631; history kept as negatives with a learned
+age bias 0.0887 / 0.0805, plus the kNN blend 0.0934 / 0.0787; the default plus, after training, a
+penalty on every history item and a content-kNN weight chosen on a validation grid (the mean of both
+conventions' NDCG@10; history_age_bias + history_knn_blend, the default now) 0.0924 / 0.0909.
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ from encoder.pooling import l2_normalize, mean_pairwise_cosine
 from streams.datasets import DatasetSource, resolve
 from trainer.checkpoint import save_checkpoint
 from trainer.data import RecData, load_source
-from trainer.evaluation import evaluate_examples
+from trainer.evaluation import evaluate_both_protocols
+from trainer.history import choose_knn_blend
 from trainer.towers import LEARN, Features, TowerConfig, pad_sequences
 
 log = logging.getLogger(__name__)
@@ -110,11 +117,20 @@ def popularity_scorer(data: RecData):
     return lambda histories: pop.expand(len(histories), -1)
 
 
+def split_metrics(scorer, data: RecData) -> dict:
+    """{"valid", "test"}: history excluded; {"valid_recbole", "test_recbole"}: RecBole's convention;
+    each split scored once (trainer/evaluation.evaluate_both_protocols)."""
+    out = {}
+    for split in ("valid", "test"):
+        both = evaluate_both_protocols(scorer, getattr(data, split))
+        out[split], out[f"{split}_recbole"] = both["history_excluded"], both["recbole"]
+    return out
+
+
 def evaluate_baselines(data: RecData, features: np.ndarray | None) -> dict:
-    out = {"popularity": {s: evaluate_examples(popularity_scorer(data), getattr(data, s)) for s in ("valid", "test")}}
+    out = {"popularity": split_metrics(popularity_scorer(data), data)}
     if features is not None:
-        zt = zero_training_scorer(features)
-        out["zero-training"] = {s: evaluate_examples(zt, getattr(data, s)) for s in ("valid", "test")}
+        out["zero-training"] = split_metrics(zero_training_scorer(features), data)
     return out
 
 
@@ -173,6 +189,9 @@ class TrainOutcome:
     valid_metrics: dict
     test_metrics: dict
     seconds: float
+    valid_metrics_recbole: dict | None = None  # the same scores under RecBole's convention
+    test_metrics_recbole: dict | None = None
+    knn_blend: dict | None = None  # the validation-chosen kNN weight (trainer/history.choose_knn_blend)
 
 
 def train_model(
@@ -196,8 +215,10 @@ def train_model(
         total, n = 0.0, 0
         for batch in length_bucketed_batches([len(x) for x in seqs], ms.batch_size, rng):
             total, n = total + train_step(model, opt, [seqs[j] for j in batch], ms.max_seq_len), n + 1
-        valid = evaluate_examples(model_scorer(model, ms.max_seq_len), valid_examples)
-        curve.append({"epoch": epoch, "loss": total / max(n, 1), **{f"valid_{k}": v for k, v in valid.items()}})
+        both = evaluate_both_protocols(model_scorer(model, ms.max_seq_len), valid_examples)
+        valid = both["history_excluded"]  # early stopping stays on the history-excluded NDCG@10
+        curve.append({"epoch": epoch, "loss": total / max(n, 1), **{f"valid_{k}": v for k, v in valid.items()},
+                      **{f"valid_recbole_{k}": v for k, v in both["recbole"].items()}})  # fmt: skip
         if valid["ndcg@10"] > best:
             best, best_epoch, bad = valid["ndcg@10"], epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -209,10 +230,12 @@ def train_model(
         if bad >= ms.patience:
             break
     model.load_state_dict(best_state)
+    blend = choose_knn_blend(model, lambda m: model_scorer(m, ms.max_seq_len), valid_examples) if ms.history_knn_blend else None
     scorer = model_scorer(model, ms.max_seq_len)
-    valid = evaluate_examples(scorer, valid_examples)
-    test = evaluate_examples(scorer, test_examples)
-    return TrainOutcome(model, best_epoch, curve, valid, test, time.perf_counter() - t0)
+    valid = evaluate_both_protocols(scorer, valid_examples)
+    test = evaluate_both_protocols(scorer, test_examples)
+    return TrainOutcome(model, best_epoch, curve, valid["history_excluded"], test["history_excluded"],
+                        time.perf_counter() - t0, valid["recbole"], test["recbole"], blend)  # fmt: skip
 
 
 def plot_curve(curve: list[dict], path: Path, title: str) -> None:
@@ -317,7 +340,8 @@ def _run_loaded(s: Settings, src: DatasetSource, data: RecData, run_dir: Path, m
                         "improving (best epoch %d): more epochs may help", ms.max_epochs, out.best_epoch)  # fmt: skip
         result.update(
             model=f"learn-{ms.item_tower}", metrics=out.test_metrics, valid_metrics=out.valid_metrics,
-            best_epoch=out.best_epoch, curve=out.curve, train_seconds=out.seconds,
+            metrics_recbole_protocol=out.test_metrics_recbole, valid_metrics_recbole_protocol=out.valid_metrics_recbole,
+            best_epoch=out.best_epoch, curve=out.curve, train_seconds=out.seconds, knn_blend=out.knn_blend,
             parameters=out.model.num_parameters(), stopped_at_epoch_cap=at_cap,
         )  # fmt: skip
         plot_curve(out.curve, run_dir / "curve.png", f"LEARN-({ms.item_tower}) {enc.model}, {dataset}")
@@ -325,7 +349,8 @@ def _run_loaded(s: Settings, src: DatasetSource, data: RecData, run_dir: Path, m
                         extra={"encoder": encoder_id, "dataset": dataset, "whiten": ms.whiten})  # fmt: skip
     else:
         b = baselines[model]
-        result.update(model=model, metrics=b["test"], valid_metrics=b["valid"])
+        result.update(model=model, metrics=b["test"], valid_metrics=b["valid"],
+                      metrics_recbole_protocol=b["test_recbole"], valid_metrics_recbole_protocol=b["valid_recbole"])
         if model == "popularity":
             result["encoder"] = None
     result["seconds"] = time.perf_counter() - t0

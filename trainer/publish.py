@@ -8,7 +8,9 @@ content embeddings, and a version is written in four steps (store/registry.py ha
    `learn train` writes too), the exported item tower, the optimiser state if any, and config.json
    (the version record: model config, where it came from, its window and metrics); commit = one rename;
 2. fill: every item's item-tower vector, computed by `LEARN.encode_items` from the raw vectors (the
-   call serving and the encoder worker make), into the version's collection;
+   call serving and the encoder worker make), into the version's collection; a model with a non-zero
+   content-kNN weight (trainer/history.py) serves d_out + d_llm wide vectors (`LEARN.served_dim`), so
+   the served inner product is the model's score;
 3. mark it PUBLISHED;
 4. promote (optional): CURRENT names it, atomically; old versions and their collections are pruned.
 A crash anywhere leaves CURRENT on the previous complete version; `recover()` removes what it left.
@@ -48,14 +50,16 @@ OPTIMIZER = "optimizer.pt"
 
 
 class _RawItemTower(torch.nn.Module):
-    """What the exported program computes: LEARN.encode_items, nothing else."""
+    """What the exported program computes: LEARN.encode_items, nothing else (whether it appends the
+    kNN term's dimensions is decided here, eagerly: the program holds no branch on a weight)."""
 
     def __init__(self, model: LEARN):
         super().__init__()
         self.model = model
+        self.knn = model.knn_scale() is not None
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_items(raw)
+        return self.model.encode_items(raw, knn=self.knn)
 
 
 def export_item_tower(model: LEARN, path: Path) -> Path:
@@ -72,12 +76,12 @@ def export_item_tower(model: LEARN, path: Path) -> Path:
 
 
 def item_vectors(model: LEARN, raw: np.ndarray) -> np.ndarray:
-    """(N, d_raw) raw content embeddings -> (N, d_out) float32 item vectors, in chunks."""
+    """(N, d_raw) raw content embeddings -> (N, model.served_dim()) float32 item vectors, in chunks."""
     out = []
     with torch.inference_mode():
         for k in range(0, len(raw), CHUNK):
             out.append(model.encode_items(torch.from_numpy(np.ascontiguousarray(raw[k : k + CHUNK], np.float32))))
-    return torch.cat(out).numpy() if out else np.zeros((0, model.cfg.d_out), np.float32)
+    return torch.cat(out).numpy() if out else np.zeros((0, model.served_dim()), np.float32)
 
 
 def read_content(vectors: VectorStore, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -130,7 +134,7 @@ class Publisher:
         (stage / "config.json").write_text(json.dumps(config, indent=2))
         version = self.registry.commit_version(name)
         self.pause("after_commit")
-        self.vectors.ensure_collection(version.collection, model.cfg.d_out)
+        self.vectors.ensure_collection(version.collection, model.served_dim())
         for k in range(0, len(ids), CHUNK):
             self.vectors.upsert(version.collection, ids[k : k + CHUNK], item_vectors(model, raw[k : k + CHUNK]),
                                 model_id=name)  # fmt: skip

@@ -25,7 +25,10 @@ Every model answers RecBole's three calls, so trainer and evaluator never know w
 A batch is a dict: "item_seq" (B, T) right-padded ids, "item_seq_len" (B,), and for predict
 "test_item" (B,). For calculate_loss, item_seq is a user's training sequence and every position is
 an anchor that predicts what follows it. Serving calls the raw-input pair instead:
-  encode_items(raw (N, d_raw)) -> (N, d_out);  encode_users(raw (B, T, d_raw), lengths (B,)) -> (B, d_out).
+  encode_items(raw (N, d_raw)) -> (N, d);  encode_users(raw (B, T, d_raw), lengths (B,)) -> (B, d),
+d = `served_dim()`: d_out, or d_out + d_llm when the model has a non-zero content-kNN weight
+(trainer/history.py, issue 17: items [v, f], users [u, tau * w * z]), so the served inner product is
+`full_sort_predict`'s score for every item outside the history, whichever item tower.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch.nn.functional as F
 
 from config.settings import ModelSettings
 from trainer import losses
+from trainer.history import HistoryScore, last_positions, recency_weighted_mean
 
 
 @dataclass
@@ -62,6 +66,12 @@ class TowerConfig:
     target_window: int = 5
     max_negatives: int = 1024  # in-batch negatives per anchor (a random pool when the batch has more)
     dense_weight: float = 0.0  # > 0: add this times the dense all-action loss to a next-item loss
+    # items already seen (trainer/history.py): masked out of the full softmax, or kept as negatives;
+    # learned terms added to the logits in training and scoring
+    history_in_loss: str = "masked"  # masked | negatives
+    history_age_bias: bool = True  # defaults = config/settings.py ModelSettings (issue 17)
+    history_knn: bool = False
+    history_knn_blend: bool = True  # the kNN weight held at 0 in training, chosen on validation after
 
     def __post_init__(self) -> None:
         self.d_raw = self.d_raw or self.d_llm
@@ -267,6 +277,12 @@ class LEARN(nn.Module):
         self.item_tower = ITEM_TOWERS[cfg.item_tower](cfg)
         # (N + 1, d_llm) features of the catalogue; the last row is the padding item. Not saved.
         self.register_buffer("content", torch.zeros(1, cfg.d_llm), persistent=False)
+        self.history = (
+            HistoryScore(cfg.max_seq_len, cfg.history_age_bias, cfg.history_knn or cfg.history_knn_blend,
+                         learn_knn=not cfg.history_knn_blend, learn_age_bias=cfg.history_in_loss == "negatives")  # fmt: skip
+            if cfg.history_age_bias or cfg.history_knn or cfg.history_knn_blend
+            else None
+        )
         self.apply(self._init)
         if raw is not None:
             self.set_catalogue(raw)
@@ -292,17 +308,43 @@ class LEARN(nn.Module):
         return self.cfg.n_items
 
     # -- towers over raw content (what serving and publishing call) ---------------------------
-    def encode_items(self, raw: torch.Tensor) -> torch.Tensor:
-        """(N, d_raw) raw content embeddings -> (N, d_out) item vectors, L2-normalised."""
-        return self.item_tower(self.pcm, self.features(raw))
+    def knn_scale(self) -> float | None:
+        """The content-kNN term's weight in cosine units (temperature x the learned or chosen weight), or
+        None when the model has none or it is zero (a blend never chosen, as in the incremental
+        trainer): then the served vectors are the plain towers'. Eager only (reads a parameter)."""
+        h = self.history
+        if h is None or h.knn_weight is None or float(h.knn_weight) == 0.0:
+            return None
+        return float(self.cfg.temperature * h.knn_weight)
 
-    def encode_users(self, raw_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def served_dim(self) -> int:
+        """Width of `encode_items` / `encode_users` vectors: d_out, plus d_llm with a kNN term."""
+        return self.cfg.d_out + (self.cfg.d_llm if self.knn_scale() is not None else 0)
+
+    def encode_items(self, raw: torch.Tensor, knn: bool | None = None) -> torch.Tensor:
+        """(N, d_raw) raw content embeddings -> (N, served_dim) item vectors: the item tower's (L2-
+        normalised), then, with a kNN term, the item's features: [v, f]. `knn` None: decided from the
+        weight (pass it explicitly where the call is traced, as torch.export does)."""
+        x = self.features(raw)  # (N, d_llm), L2-normalised
+        v = self.item_tower(self.pcm, x)
+        knn = self.knn_scale() is not None if knn is None else knn
+        return torch.cat([v, x], -1) if knn else v
+
+    def encode_users(self, raw_seq: torch.Tensor, lengths: torch.Tensor, knn: bool | None = None) -> torch.Tensor:
         """(B, T, d_raw) right-padded raw histories (any values in the padding), (B,) lengths >= 1
-        -> (B, d_out) user vectors, L2-normalised."""
+        -> (B, served_dim) user vectors: the user tower's (L2-normalised), then, with a kNN term,
+        temperature x weight x the recency-weighted history features: [u, tau * w * z], so that
+        [u, tau w z] . [v, f] = u . v + tau w cos(z, f), the score `full_sort_predict` gives every
+        item outside the history (serving never returns history items, where the age bias acts)."""
         B, T, _ = raw_seq.shape
         real = torch.arange(T, device=raw_seq.device).view(1, T) < lengths.view(B, 1)  # (B, T)
         x = self.features(raw_seq) * real.unsqueeze(-1)  # padding = zero features, as in training
-        return self.user_tower(self.pcm, x, lengths)
+        u = self.user_tower(self.pcm, x, lengths)
+        knn = self.knn_scale() is not None if knn is None else knn
+        if not knn:
+            return u
+        z = recency_weighted_mean(x, lengths, self.history.decay)  # the zero-training user vector
+        return torch.cat([u, self.cfg.temperature * self.history.knn_weight * z], -1)
 
     # -- towers over catalogue ids (training, evaluation) -------------------------------------
     def sequence_states(self, item_seq: torch.Tensor) -> torch.Tensor:
@@ -350,8 +392,9 @@ class LEARN(nn.Module):
         )  # (M, W)
         if cfg.loss == "full_softmax":
             items = self.item_vectors()  # (N, d_out)
-            exclude = losses.history_mask(seq, anchors, cfg.n_items, self.pad_id)
-            loss = losses.full_softmax(user, items, window_ids[:, 0], cfg.temperature, exclude)
+            exclude = losses.history_mask(seq, anchors, cfg.n_items, self.pad_id) if cfg.history_in_loss == "masked" else None
+            extra = self.history(seq, anchors, self.content) if self.history is not None else None
+            loss = losses.full_softmax(user, items, window_ids[:, 0], cfg.temperature, exclude, extra)
             if cfg.dense_weight > 0:  # the paper's dense targets as an auxiliary term (towers differ)
                 loss = loss + cfg.dense_weight * self._dense_all_action(user, anchors, window_ids)
             return loss
@@ -375,13 +418,21 @@ class LEARN(nn.Module):
         """(B,) cosine scores of batch["test_item"] for each user."""
         user = self.user_vectors(batch["item_seq"], batch["item_seq_len"])  # (B, d_out)
         items = self.item_vectors(self.content[batch["test_item"]], batch["test_item"])  # (B, d_out)
-        return (user * items).sum(-1)
+        scores = (user * items).sum(-1)
+        if self.history is not None:
+            extra = self.history(batch["item_seq"], last_positions(batch["item_seq_len"]), self.content)  # (B, N)
+            scores = scores + self.cfg.temperature * extra.gather(1, batch["test_item"].view(-1, 1)).squeeze(1)
+        return scores
 
     def full_sort_predict(self, batch: dict, items: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N) cosine scores against every item (pass `items` to reuse precomputed vectors)."""
         user = self.user_vectors(batch["item_seq"], batch["item_seq_len"])  # (B, d_out)
         items = self.item_vectors() if items is None else items  # (N, d_out)
-        return user @ items.T
+        scores = user @ items.T
+        if self.history is not None:  # the learned history terms, in cosine units (logits x temperature)
+            anchors = last_positions(batch["item_seq_len"])
+            scores = scores + self.cfg.temperature * self.history(batch["item_seq"], anchors, self.content)
+        return scores
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -74,6 +74,63 @@ def test_served_vectors_are_the_trained_vectors(tmp_path, store, variant):
     np.testing.assert_allclose(snap.index.vectors.numpy()[[snap.index.row_of[i] for i in IDS]], items, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["a", "b", "c"])
+def test_served_knn_term_gives_the_models_scores(tmp_path, store, variant):
+    # trainer/history.py's content-kNN term travels as extra dimensions (items [v, f], users
+    # [u, tau * w * z]): one inner product of served vectors = the model's full-sort score outside
+    # the history (serving never returns history items; the age bias acts only there)
+    raw = raw_catalogue()
+    torch.manual_seed(0)
+    cfg = TowerConfig(n_items=N, d_raw=D_RAW, d_llm=12, d_model=8, n_layers=1, n_heads=2, d_out=8, max_seq_len=10,
+                      item_tower=variant, loss="full_softmax", history_in_loss="negatives", history_age_bias=True,
+                      history_knn=True)  # fmt: skip
+    model = LEARN(cfg, torch.from_numpy(raw), Features.fit(raw, dim=12))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        train_step(model, opt, [[(3 * u + k) % N for k in range(6)] for u in range(12)], 10)
+    model.eval()
+    with torch.no_grad():
+        model.history.knn_weight.fill_(3.0)
+        model.history.age_bias.fill_(-1.0)
+    assert model.served_dim() == 8 + 12
+    registry = ModelRegistry(tmp_path / "registry")
+    version = Publisher(registry, store).publish(model, IDS, raw, {"source": "test"})
+    histories = [[1, 2, 3, 4, 5], [7], [9, 8, 7]]
+    seq, lens = pad_sequences(histories, model.pad_id, 10)
+    with torch.no_grad():
+        expected = model.full_sort_predict({"item_seq": seq, "item_seq_len": lens})
+        plain = model.user_vectors(seq, lens) @ model.item_vectors().T
+    outside = torch.ones_like(expected, dtype=torch.bool)
+    for b, h in enumerate(histories):
+        outside[b, h] = False
+    assert not torch.allclose(expected[outside], plain[outside], atol=1e-3)  # the kNN term is there
+
+    rows = store.get(version.collection, IDS, with_vectors=True)
+    items = torch.from_numpy(np.stack([rows[i].vector for i in IDS]))  # what serving searches
+    tower = ItemTower(registry)  # the encoder worker's exported item tower
+    assert tower.refresh()
+    np.testing.assert_allclose(tower(raw), items.numpy(), atol=1e-5)
+    follower = ModelFollower(registry, store, in_memory=True)
+    assert follower.poll()
+    users = user_vectors(follower.snapshot.model, [raw[h] for h in histories])  # serving's user tower
+    served = users @ items.T
+    assert served.shape == expected.shape
+    assert torch.allclose(served[outside], expected[outside], atol=1e-5)
+
+
+def test_a_zero_knn_weight_serves_the_plain_towers(tmp_path, store):
+    # a blend never chosen (the incremental trainer's models) publishes d_out wide vectors
+    raw = raw_catalogue()
+    cfg = TowerConfig(n_items=N, d_raw=D_RAW, d_llm=12, d_model=8, n_layers=1, n_heads=2, d_out=8, max_seq_len=10,
+                      loss="full_softmax", history_age_bias=True, history_knn_blend=True)  # fmt: skip
+    model = LEARN(cfg, torch.from_numpy(raw), Features.fit(raw, dim=12)).eval()
+    assert model.history.knn_weight is not None and model.served_dim() == 8
+    version = Publisher(ModelRegistry(tmp_path / "registry"), store).publish(model, IDS, raw)
+    rows = store.get(version.collection, IDS, with_vectors=True)
+    with torch.no_grad():
+        np.testing.assert_allclose(np.stack([rows[i].vector for i in IDS]), model.item_vectors().numpy(), atol=1e-5)
+
+
 def test_a_crashed_publish_is_cleaned_and_serving_stays_on_the_complete_version(tmp_path, store):
     raw = raw_catalogue()
     registry = ModelRegistry(tmp_path / "registry")

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""The validation-chosen kNN blend (trainer/history.choose_knn_blend) applied to a finished run.
+
+    .venv/bin/python bench/quality_blend.py RUN_DIR OUT_DIR
+
+`learn train` with `history_knn_blend` holds the kNN weight at zero while training (its similarity is
+then never computed), so its training is the one without the switch; after early stopping it picks
+the weight on validation and scores the splits. This does that last step for a run trained without the
+switch, from its checkpoint (a run trained with history masked also gets the validation-chosen
+penalty on history items: `history_age_bias` on, held at zero in training): OUT_DIR/results.json is the run's record with the switch on in its
+config, the blend's validation grid, both splits re-scored (test once, with the chosen weight), and
+"derived_from". bench/quality.py --adopt and bench/quality_sweep.py --adopt record it like any run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(src: Path, dst: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from bench.quality import bench_settings
+    from config.settings import ModelSettings
+    from trainer.checkpoint import save_checkpoint
+    from trainer.data import load_dataset
+    from trainer.evaluation import evaluate_both_protocols
+    from trainer.history import choose_knn_blend
+    from trainer.offline import build_model, encode_catalogue, model_scorer
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    res = json.loads((src / "results.json").read_text())
+    cfg = res["config"]["model"]
+    # a run trained with history masked gets the validation-chosen penalty on history items too
+    masked = cfg.get("history_in_loss", "masked") == "masked"
+    ms = ModelSettings(**{**cfg, "history_knn_blend": True, **({"history_age_bias": True} if masked else {})})
+    s = bench_settings()
+    enc = s.encoder.model_copy(update=res["config"]["encoder"])
+    data = load_dataset(res["dataset"], s.shared_data_dir, history_cap=ms.max_seq_len)
+    raw, _, _ = encode_catalogue(data, enc, s, progress=False)
+    model = build_model(ms, raw)  # its feature step fitted on the catalogue, as `learn train` fits it
+    state = load_file(str(src / "checkpoint" / "model.safetensors"))
+    # a checkpoint written before trainer/towers.py held the feature step and the item towers as
+    # modules: tower (c)'s projection was `item_proj`, the features were fitted outside the model
+    state = {("item_tower.proj." + k[len("item_proj."):] if k.startswith("item_proj.") else k): v for k, v in state.items()}
+    fresh = model.state_dict()
+    missing = {k: torch.zeros_like(v) if k.startswith("history.") else v for k, v in fresh.items() if k not in state}
+    model.load_state_dict({**state, **missing})  # the blend's terms start at zero, as in training
+    model.eval()
+    valid_examples = sorted(data.valid, key=lambda e: len(e[0]))
+    blend = choose_knn_blend(model, lambda m: model_scorer(m, ms.max_seq_len), valid_examples)
+    scorer = model_scorer(model, ms.max_seq_len)
+    valid = evaluate_both_protocols(scorer, valid_examples)
+    test = evaluate_both_protocols(scorer, sorted(data.test, key=lambda e: len(e[0])))
+    res.update(
+        metrics=test["history_excluded"], valid_metrics=valid["history_excluded"],
+        metrics_recbole_protocol=test["recbole"], valid_metrics_recbole_protocol=valid["recbole"],
+        knn_blend=blend, derived_from=str(src), blend_seconds=time.perf_counter() - t0,
+    )  # fmt: skip
+    res["config"]["model"] = ms.model_dump()
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "results.json").write_text(json.dumps(res, indent=2))
+    save_checkpoint(model, dst / "checkpoint", metrics=res["metrics"], extra={"derived_from": str(src)})
+    print(f"kNN weight {blend['weight']}, history penalty {blend['penalty']} on validation: valid NDCG@10 {valid['history_excluded']['ndcg@10']:.4f} "
+          f"history excluded / {valid['recbole']['ndcg@10']:.4f} RecBole -> {dst}/results.json")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
