@@ -214,10 +214,19 @@ class Chaos:
     def pids(self) -> dict[str, int]:
         return {h.name: h.pid for h in health(self.run_dir) if h.state == "RUNNING" and h.pid}
 
+    def running_pid(self, name: str, timeout_s: float) -> int | None:
+        """The program's pid once supervisord reports it RUNNING (None after `timeout_s`)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pid = self.pids().get(name)
+            if pid or time.monotonic() > deadline:
+                return pid
+            time.sleep(0.2)
+
     def kill(self, name: str, timeout_s: float = 180.0) -> None:
-        old = self.pids().get(name)
+        old = self.running_pid(name, timeout_s)
         if old is None:
-            self.errors.append(f"{name} was not running when its kill was due")
+            self.errors.append(f"{name} was not running within {timeout_s:.0f} s of its kill being due")
             return
         t0 = time.monotonic()
         os.kill(old, signal.SIGKILL)
@@ -235,7 +244,8 @@ class Chaos:
             self.outages.append((t0, t1 + 5.0))  # clients reconnect a little after the port is back
 
     def run_kills(self, rounds: int, duration_s: float, rng: random.Random, spare: tuple[str, ...] = ()) -> None:
-        names = [n for n in START_ORDER if n in self.pids() and n not in spare]
+        # Every supervised program, also one still starting when the kills begin (kill() waits for it).
+        names = [n for n in START_ORDER if n not in spare]
         gap = duration_s / max(1, rounds * len(names))
         for _ in range(rounds):
             for name in rng.sample(names, len(names)):
