@@ -179,14 +179,15 @@ def start_supervisord(settings: Settings, run_dir: Path, programs: list[Program]
 
 
 def wait_ready(program: Program, run_dir: Path, timeout_s: float) -> None:
-    """Wait until the program's port accepts connections and its ready URL answers 200."""
+    """Wait until supervisord counts the program started (RUNNING: alive for START_SECS), its port
+    accepts connections and its ready URL answers 200."""
     sup = rpc(run_dir)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         info = sup.getProcessInfo(program.name)
         if info["statename"] == "FATAL":
             raise SupervisorError(f"{program.name} keeps exiting; see {run_dir / (program.name + '.log')}")
-        if program.port is None or port_open(program.host, program.port):
+        if info["statename"] == "RUNNING" and (program.port is None or port_open(program.host, program.port)):
             if program.ready_url is None:
                 return
             try:
