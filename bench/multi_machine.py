@@ -200,7 +200,9 @@ def machine_settings(root: Path, name: str, shared: Settings, milvus_uri: str, a
         "state": {"max_seq_len": args.max_seq_len},
         "serving": {"port": free_port()},
         "trainer": {"window_s": args.window_s, "max_train_s": args.max_train_s,
-                    "steps_per_window": args.steps_per_window, "poll_s": 1.0},
+                    "steps_per_window": args.steps_per_window, "poll_s": 1.0,
+                    # every candidate promoted: this run is about following versions, not their quality
+                    "promote_margin": 1.0},
     }  # fmt: skip
     if name == "C" and has_changelog_reader():
         over["state"]["reader"] = "changelog"
