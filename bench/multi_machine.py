@@ -356,6 +356,7 @@ def run(args, milvus_uri: str | None = None) -> dict:
                 c.start(program)
             for program in ROLES["C"]:
                 c.wait(program, args.ready_timeout_s)
+            result["startup_s"] = round(time.monotonic() - t_start, 1)  # Milvus included when started here
             result.update(stream_and_kill(args, shared, a, b, c, result))
             watch = result.pop("_watch")
     finally:
@@ -426,7 +427,9 @@ def stream_and_kill(args, shared: Settings, a: Machine, b: Machine, c: Machine, 
     out["produce_s"] = round(time.monotonic() - t_produce, 1)
     if kill_mono is not None:
         restore.join()
+    t_settle = time.monotonic()
     out["stores_settled"] = quiet(b.settings, still_s=args.still_s, timeout_s=args.settle_timeout_s)
+    out["settle_s"] = round(time.monotonic() - t_settle, 1)
     expected = expected_sequences(stream.events, args.max_seq_len, b.settings.state.allowed_lateness_s)
     stored = stored_sequences(b.settings)
     wrong = sequence_mismatches(stored, expected)
