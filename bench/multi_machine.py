@@ -146,10 +146,17 @@ class Machine:
     settings: Settings
     stack: Stack
     ports: dict[str, int] = field(default_factory=dict)
+    # each program its own data dir under the machine's: two changelog replicas (trainer, API) cannot
+    # share one (streams/replica.py keeps it at <data_dir>/replica, one writer)
+    dir_per_program: bool = False
+
+    def program_settings(self, program: str) -> Settings:
+        s = self.settings
+        return s.model_copy(update={"data_dir": s.data_dir / program}) if self.dir_per_program else s
 
     def start(self, program: str) -> None:
         """Start one program (not waiting for it)."""
-        s = self.settings
+        s = self.program_settings(program)
         if program in WORKER_MODULES:
             port = self.ports[program] = free_port()
             s = s.model_copy(update={"worker": s.worker.model_copy(update={"web_port": port})})
@@ -172,6 +179,10 @@ class Machine:
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.settings.serving.port}"
+
+    def exited(self) -> dict[str, int]:
+        """Programs that are not running any more (killed ones included), with their exit status."""
+        return {f"{self.name}/{n}": p.returncode for n, p in self.stack.procs.items() if p.poll() is not None}
 
     def log(self, program: str) -> str:
         path = self.stack.log_path(program)
@@ -344,7 +355,7 @@ def run(args, milvus_uri: str | None = None) -> dict:
                 milvus_uri = milvus.uri
             for name in ROLES:
                 s = machine_settings(root, name, shared, milvus_uri, args, run_id)
-                machines[name] = Machine(name, s, Stack(s, root / name / "run"))
+                machines[name] = Machine(name, s, Stack(s, root / name / "run"), dir_per_program=name == "C")
             a, b, c = machines["A"], machines["B"], machines["C"]
             for m in (a, b):  # A first, then B: the groups rebalance once both are in
                 for program in ROLES[m.name]:
@@ -436,7 +447,7 @@ def stream_and_kill(args, shared: Settings, a: Machine, b: Machine, c: Machine, 
     served = wait_until(lambda: (s := served_histories(c.api, expected))["served_users_wrong"] + s["served_users_missing"] == 0 and s,
                         args.settle_timeout_s, 2.0) or served_histories(c.api, expected)  # fmt: skip
     kill_wall = out.get("kill_time", float("inf"))
-    windows = read_windows(c.settings.data_dir / "trainer" / "windows.jsonl")
+    windows = read_windows(c.program_settings("trainer").data_dir / "trainer" / "windows.jsonl")
     published = [w for w in windows if w.get("version")]
     after = [w["version"] for w in published if w["published_at"] > kill_wall and w["promoted"]]
     # the API on C follows the newest promoted version (from the object store) within the wait
@@ -460,6 +471,8 @@ def stream_and_kill(args, shared: Settings, a: Machine, b: Machine, c: Machine, 
         "versions_published_after_kill": after,
         "versions_followed": followed,
         "versions_followed_after_kill": [v for t, v in watch.versions if t > kill_wall],
+        # no program of B or C may exit (A's two are the ones killed): an exit here is a crash
+        "exited_unexpectedly": {k: v for m in (a, b, c) for k, v in m.exited().items() if k not in out.get("killed", [])},
         "api": dict(watch.counts),
         "api_5xx": watch.counts["5xx"],
         "api_unreachable": watch.counts["unreachable"],
