@@ -46,6 +46,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -53,6 +54,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -124,6 +126,34 @@ def newest(seq: list[list], n: int = RECENT) -> list[tuple[str, float]]:
 def sequence_mismatches(stored: dict[str, list[list]], expected: dict[str, list[list]]) -> list[str]:
     """Users whose stored sequence is not the expected one (missing users included). Pure."""
     return sorted(u for u in expected.keys() | stored.keys() if stored.get(u) != expected.get(u))
+
+
+_ASSIGNED = re.compile(r"assigned TopicPartition\(topic='([^']+)', partition=(\d+)\): resuming")
+_REVOKING = re.compile(r"Revoking previously assigned partitions")
+_RESTORED = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\].* restored ([^ ]+)\[(\d+)\] from offset", re.M)
+
+
+def assigned_partitions(log_text: str, topic: str) -> set[int]:
+    """The partitions of `topic` an interaction worker held last, from its log (each revocation
+    empties the set, each "assigned ... resuming" line adds one). Pure."""
+    held: set[int] = set()
+    for line in log_text.splitlines():
+        if _REVOKING.search(line):
+            held.clear()
+        elif (m := _ASSIGNED.search(line)) and m.group(1) == topic:
+            held.add(int(m.group(2)))
+    return held
+
+
+def restored_partitions(log_text: str, changelog: str, since: float) -> set[int]:
+    """The changelog partitions an interaction worker restored at or after `since` (epoch seconds; the
+    log's times are UTC), from its "restored <topic>[p] from offset" lines. Pure."""
+    out = set()
+    for m in _RESTORED.finditer(log_text):
+        t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+        if m.group(3) == changelog and t + int(m.group(2)) / 1000 >= since:
+            out.add(int(m.group(4)))
+    return out
 
 
 def offsets_reached(have: dict[str, int], need: dict[str, int]) -> bool:
@@ -421,6 +451,7 @@ def stream_and_kill(args, shared: Settings, a: Machine, b: Machine, c: Machine, 
                 a.stack.kill(program)  # SIGKILL to the process group; never restarted
             out["killed"] = [f"A/{p}" for p in ROLES["A"]]
             out["a_offsets_at_kill"] = stored_offsets(a)
+            out["a_partitions_at_kill"] = sorted(assigned_partitions(a.log("interactions"), shared.topics.interactions))
             out["events_sent_before_kill"] = sum(1 for r in records[:i] if r.topic == "interactions")
             out["versions_followed_before_kill"] = [v for _, v in watch.versions]
             restore = threading.Thread(target=lambda need=out["a_offsets_at_kill"], t=kill_mono: out.update(
@@ -465,6 +496,8 @@ def stream_and_kill(args, shared: Settings, a: Machine, b: Machine, c: Machine, 
         "users_state_wrong_on_b": len(wrong),
         "users_state_wrong_examples": wrong[:5],
         "b_partitions": sorted({k.split("/")[0] for k in stored_offsets(b)}),
+        "b_restored_after_kill": sorted(restored_partitions(b.log("interactions"), b.settings.topics.changelog_topic,
+                                                            kill_wall - 1.0)) if has_changelog_reader() else [],
         "b_restore_log": [ln.strip() for ln in b.log("interactions").splitlines() if "restor" in ln.lower()][:20],
         **served,
         "versions_published": [w["version"] for w in published],

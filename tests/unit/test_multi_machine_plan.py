@@ -3,7 +3,8 @@ checks it makes (no broker, no processes)."""
 
 import json
 
-from bench.multi_machine import expected_sequences, make_stream, newest, offsets_reached, sequence_mismatches
+from bench.multi_machine import (assigned_partitions, expected_sequences, make_stream, newest, offsets_reached,
+                                 restored_partitions, sequence_mismatches)
 from streams.datasets import CatalogItem, RawDataset
 
 
@@ -51,3 +52,22 @@ def test_offsets_reached():
     assert offsets_reached({"interactions-p0": 21, "interactions-p0/repartition": 4, "interactions-p1": 0}, need)
     assert not offsets_reached({"interactions-p0": 21}, need)
     assert not offsets_reached({"interactions-p0": 19, "interactions-p0/repartition": 9}, need)
+
+
+def test_partitions_from_the_workers_logs():
+    log = "\n".join([
+        "[2026-12-01 13:10:50,312] [1] [INFO] Revoking previously assigned partitions set() for group g-state",
+        "[2026-12-01 13:10:56,700] [1] [INFO] assigned TopicPartition(topic='interactions', partition=0): resuming at stored offset 0",
+        "[2026-12-01 13:10:56,701] [1] [INFO] assigned TopicPartition(topic='interactions.repartition', partition=3): resuming at stored offset 0",
+        "[2026-12-01 13:10:56,702] [1] [INFO] assigned TopicPartition(topic='interactions', partition=3): resuming at stored offset 0",
+        "[2026-12-01 13:11:19,068] [1] [INFO] Revoking previously assigned partitions {...} for group g-state",
+        "[2026-12-01 13:11:23,115] [1] [INFO] restored interactions.changelog[1] from offset 0: 30 records, 9 users",
+        "[2026-12-01 13:11:23,116] [1] [INFO] assigned TopicPartition(topic='interactions', partition=1): resuming at stored offset 21",
+        "[2026-12-01 13:11:23,722] [1] [INFO] restored interactions.changelog[3] from offset 47: 2 records, 1 users",
+    ])  # fmt: skip
+    assert assigned_partitions(log, "interactions") == {1}
+    assert assigned_partitions("\n".join(log.splitlines()[:4]), "interactions") == {0, 3}
+    t = 1796130683.5  # 2026-12-01 13:11:23.500 UTC
+    assert restored_partitions(log, "interactions.changelog", 0.0) == {1, 3}
+    assert restored_partitions(log, "interactions.changelog", t) == {3}
+    assert restored_partitions(log, "other.changelog", 0.0) == set()
