@@ -270,6 +270,34 @@ class ServingSettings(BaseModel):
     metrics_urls: list[str] = []  # the workers' /metrics pages, re-exported (job label) on the API's /metrics
 
 
+class RegistrySettings(BaseModel):
+    """The model registry (store/registry.py): a local folder by default, or an S3 bucket any machine
+    can read (`uri = "s3://bucket/prefix"`; store/s3_registry.py), whose versions each reader
+    downloads into `cache_dir` before use."""
+
+    uri: str = ""  # empty: <data_dir>/registry; a folder path; or s3://bucket/prefix
+    s3_endpoint_url: str = ""  # empty: AWS's own; the local server: http://127.0.0.1:<port>
+    # Empty key and secret: boto3's own lookup (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws,
+    # an instance role). Plain str, like broker.sasl_password (LEARN_REGISTRY__S3_SECRET_KEY).
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_region: str = "us-east-1"
+    cache_dir: Path | None = None  # S3 only: downloaded versions; None: <data_dir>/registry-cache
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if "://" in v and not v.startswith("s3://"):
+            raise ValueError(f"registry.uri {v!r}: a folder path or s3://bucket/prefix")
+        if v.startswith("s3://") and not v[5:].split("/")[0]:
+            raise ValueError(f"registry.uri {v!r} names no bucket (s3://bucket/prefix)")
+        return v
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+
 class DatasetSettings(BaseModel):
     """One dataset by path (`[datasets.<name>]` in the TOML file, or `--data PATH` on the command line).
 
@@ -317,6 +345,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     trainer: TrainerSettings = TrainerSettings()
     serving: ServingSettings = ServingSettings()
+    registry: RegistrySettings = RegistrySettings()
     # Datasets by name (the built-in two are always there; a TOML table adds or overrides one).
     datasets: dict[str, DatasetSettings] = dict(BUILTIN_DATASETS)
 
@@ -355,7 +384,14 @@ class Settings(BaseSettings):
 
     @property
     def registry_path(self) -> Path:
-        return self.data_dir / "registry"
+        """The folder registry's root (`registry.uri` when it is a path); an S3 registry has none."""
+        r = self.registry
+        return Path(r.uri) if r.uri and not r.is_s3 else self.data_dir / "registry"
+
+    @property
+    def registry_cache_path(self) -> Path:
+        """Where an S3 registry's readers keep the versions they downloaded."""
+        return self.registry.cache_dir or self.data_dir / "registry-cache"
 
     @property
     def titles_path(self) -> Path:

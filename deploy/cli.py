@@ -262,10 +262,10 @@ def model_list(data_dir: Optional[Path] = DataDir) -> None:
     """The published versions, newest last; * marks the one serving uses."""
     from rich.table import Table
 
-    from store.registry import ModelRegistry
+    from store.registry import open_registry
 
     s = _settings(data_dir)
-    reg = ModelRegistry(s.registry_path)
+    reg = open_registry(s)
     current = reg.current()
     table = Table("", "version", "window end", "items", "prequential NDCG@10", "holdout NDCG@10", "complete")
     for v in reg.versions():
@@ -281,11 +281,11 @@ def model_list(data_dir: Optional[Path] = DataDir) -> None:
 @model_app.command("rollback")
 def model_rollback(version: str, data_dir: Optional[Path] = DataDir) -> None:
     """Point serving at an earlier complete VERSION (atomic)."""
-    from store.registry import ModelRegistry
+    from store.registry import open_registry
 
     s = _settings(data_dir)
     try:
-        v = ModelRegistry(s.registry_path).promote(version)
+        v = open_registry(s).promote(version)
     except (KeyError, ValueError) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1)
@@ -299,14 +299,14 @@ def model_publish(
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """Publish a model trained offline as the next version, over the live catalogue's content vectors."""
-    from store.registry import ModelRegistry
+    from store.registry import open_registry
     from store.vectors import VectorStore
     from trainer.publish import publish_run
 
     s = _settings(data_dir)
     try:
         with VectorStore(s.vector_uri, s.vectors.token) as store:
-            v = publish_run(run_dir, ModelRegistry(s.registry_path), store, promote, s.trainer.keep_versions)
+            v = publish_run(run_dir, open_registry(s), store, promote, s.trainer.keep_versions)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1)

@@ -12,7 +12,7 @@ from serving.content import ContentCache
 from serving.index import ModelFollower
 from serving.metrics import ApiMetrics
 from serving.recommend import Popularity, Recommender, StateView
-from store.registry import ModelRegistry
+from store.registry import open_registry
 from store.titles import TitleReader
 from store.vectors import VectorStore
 
@@ -29,7 +29,7 @@ class Runtime:
         self.state = StateView(settings)
         self.titles = TitleReader(settings.titles_path)
         self.content = ContentCache(self.store, s.content_cache_items)
-        self.follower = ModelFollower(ModelRegistry(settings.registry_path), self.store, s.search == "memory",
+        self.follower = ModelFollower(open_registry(settings), self.store, s.search == "memory",
                                       on_content_change=self.content.invalidate, on_switch=self._switched)  # fmt: skip
         self.recommender = Recommender(settings, self.state, self.follower, self.content, self.titles, self.store,
                                        Popularity(settings), metrics.search.observe,
