@@ -142,11 +142,9 @@ def stack_programs(settings: Settings) -> list[Program]:
 
 
 def _serving_env(settings: Settings, port: int) -> dict[str, str]:
-    """An API replica's serving section with its own port (the rest as every program's)."""
-    if port == settings.serving.port:
-        return {}
-    sv = settings.serving.model_copy(update={"port": port})
-    return {"LEARN_SERVING": sv.model_dump_json()}
+    """An API replica's own port over every program's serving section (pydantic-settings merges a
+    nested LEARN_SERVING__PORT into the LEARN_SERVING JSON)."""
+    return {} if port == settings.serving.port else {"LEARN_SERVING__PORT": str(port)}
 
 
 def _quote(value: str) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from config import load_settings
 from deploy.broker import broker_programs, for_storage
+from deploy.stack import settings_env
 import pytest
 
 from deploy.supervisor import (
@@ -90,7 +91,7 @@ def test_nanio_does_not_list_objects_still_being_written(tmp_path):
     assert keys == ["topics/t/records/00000000000000000000.batch"]
 
 
-def test_n_processes_per_stage_each_with_its_own_name_log_and_ports(tmp_path):
+def test_n_processes_per_stage_each_with_its_own_name_log_and_ports(tmp_path, monkeypatch):
     s = stack_settings(load_settings(data_dir=tmp_path, worker={"web_port": 7000}, serving={"port": 8100},
                                      processes={"encoder_workers": 2, "interaction_workers": 3, "api_replicas": 2}))  # fmt: skip
     programs = {p.name: p for p in stack_programs(s)}
@@ -104,7 +105,11 @@ def test_n_processes_per_stage_each_with_its_own_name_log_and_ports(tmp_path):
     assert programs["encoder-1"].command[:5] == programs["encoder"].command[:5]  # the same faust app
     assert (programs["api"].port, programs["api-1"].port) == (8100, 8101)
     assert programs["api-1"].ready_url == "http://127.0.0.1:8101/ready"
-    assert '"port":8101' in programs["api-1"].env["LEARN_SERVING"] and programs["api"].env == {}
+    assert programs["api-1"].env == {"LEARN_SERVING__PORT": "8101"} and programs["api"].env == {}
+    for k, v in {**settings_env(s), **programs["api-1"].env}.items():  # what replica 1 reads
+        monkeypatch.setenv(k, v)
+    replica = load_settings()
+    assert replica.serving.port == 8101 and replica.serving.metrics_urls == s.serving.metrics_urls
     assert sorted(s.serving.metrics_urls) == sorted(f"http://127.0.0.1:{p}/metrics" for p in web.values())
     conf = configparser.RawConfigParser()
     conf.read_string(supervisor_conf(list(programs.values()), tmp_path / "run", Path("/repo")))
