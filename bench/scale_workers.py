@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -137,12 +138,12 @@ def accounting(procs: dict[str, psutil.Process], before: dict[str, float], busy0
     }
 
 
-def encoder_run(stack: Stack, base, root: Path, items: list, warm: list, n: int, encoder: str) -> dict:
-    d = root / f"encoder-{n}"
+def encoder_run(stack: Stack, base, root: Path, items: list, warm: list, n: int, encoder: str, tag: str = "") -> dict:
+    d = root / f"encoder-{n}{tag}"
     s = base.model_copy(update={
         "data_dir": d, "cache_dir": d / "cache",
-        "topics": base.topics.model_copy(update={"items": f"items-{n}", "items_dlq": f"items-{n}.dlq"}),
-        "worker": base.worker.model_copy(update={"app_prefix": f"scale-enc{n}"}),
+        "topics": base.topics.model_copy(update={"items": f"items-{n}{tag}", "items_dlq": f"items-{n}{tag}.dlq"}),
+        "worker": base.worker.model_copy(update={"app_prefix": f"scale-enc{n}{tag}"}),
         "encoder": base.encoder.model_copy(update={"model": encoder, "threads": 1}),
     })  # fmt: skip
     (d / "cache").mkdir(parents=True, exist_ok=True)
@@ -191,7 +192,7 @@ def wait_written(sub: Stack, s, expected: int, timeout_s: float = 3600) -> float
                 written = store.count(CONTENT)
                 if written >= expected:
                     return time.perf_counter()
-            time.sleep(0.25)
+            time.sleep(0.5)
     raise RuntimeError(f"only {written} of {expected} vectors written within {timeout_s}s")
 
 
@@ -203,12 +204,12 @@ def _upserted(url: str) -> int:
     return c.get("encoded", 0) + c.get("cache_hit", 0)
 
 
-def interaction_run(stack: Stack, base, root: Path, n_events: int, n: int) -> dict:
-    d = root / f"interactions-{n}"
+def interaction_run(stack: Stack, base, root: Path, n_events: int, n: int, tag: str = "") -> dict:
+    d = root / f"interactions-{n}{tag}"
     s = base.model_copy(update={
         "data_dir": d,
-        "topics": base.topics.model_copy(update={"interactions_repartition": f"interactions.repartition-{n}"}),
-        "worker": base.worker.model_copy(update={"app_prefix": f"scale-int{n}"}),
+        "topics": base.topics.model_copy(update={"interactions_repartition": f"interactions.repartition-{n}{tag}"}),
+        "worker": base.worker.model_copy(update={"app_prefix": f"scale-int{n}{tag}"}),
     })  # fmt: skip
     from streams.topics import ensure_topics, topic_specs
 
@@ -261,6 +262,7 @@ def main() -> None:
     ap.add_argument("--encoder", default="smollm2", help="smollm2 | minilm")
     ap.add_argument("--storage", default="memory", choices=["memory", "s3"], help="the broker's storage engine")
     ap.add_argument("--stages", nargs="*", default=["interactions", "encoder"])
+    ap.add_argument("--rounds", type=int, default=2, help="1 and 2 workers alternate this many times (median)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--fresh", action="store_true", help="forget the configurations already measured")
     args = ap.parse_args()
@@ -274,9 +276,12 @@ def main() -> None:
     def save() -> None:
         for stage, unit in (("encoder", "items_per_s"), ("interaction", "events_per_s")):
             for n in (1, 2):
-                run = results["runs"].get(f"{stage}_{n}")
-                if run:
-                    results[f"{stage}_workers_{n}_{unit}"] = run[unit]
+                runs = [r for k, r in results["runs"].items() if k.startswith(f"{stage}_{n}_r")]
+                if runs:  # the median over rounds (1 and 2 workers alternate, so load drift hits both)
+                    results[f"{stage}_workers_{n}_{unit}"] = statistics.median(r[unit] for r in runs)
+                    results[f"{stage}_workers_{n}_worker_cpu_s_per_1k"] = statistics.median(
+                        1000 * sum(v for k, v in r["cpu_s"].items() if k.startswith(stage)) / r.get("items", r.get("events"))
+                        for r in runs)  # fmt: skip
             results[f"{stage}_workers_2_vs_1"] = ratio(results, stage, unit)
         results["load_avg_after"] = os.getloadavg()
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -291,27 +296,32 @@ def main() -> None:
         with Stack(base, root / "run") as stack:
             stack.start_broker()
             stack.create_topics()
-            if "interactions" in args.stages and not all(f"interaction_{n}" in results["runs"] for n in (1, 2)):
+            rounds = range(args.rounds)
+            if "interactions" in args.stages and not all(f"interaction_{n}_r{k}" in results["runs"] for n in (1, 2) for k in rounds):
                 payloads = interaction_payloads(ds.sequences, args.copies, time.time() - 86400)
                 producer = make_producer(base, linger_ms=20)
                 for key, value in payloads:
                     producer.send(base.topics.interactions, key=key, value=value)
                 producer.flush()
                 producer.close()
-                for n in (1, 2):
-                    if f"interaction_{n}" not in results["runs"]:
-                        results["runs"][f"interaction_{n}"] = r = interaction_run(stack, base, root, len(payloads), n)
-                        print(f"[interactions x{n}] {json.dumps(r)}", flush=True)
-                        save()
+                for k in rounds:
+                    for n in (1, 2):
+                        if f"interaction_{n}_r{k}" not in results["runs"]:
+                            r = interaction_run(stack, base, root, len(payloads), n, tag=f"r{k}")
+                            results["runs"][f"interaction_{n}_r{k}"] = r
+                            print(f"[interactions x{n} round {k}] {json.dumps(r)}", flush=True)
+                            save()
             if "encoder" in args.stages:
                 catalogue = sorted(item_records(ds, time.time()), key=lambda r: r.item_id)
                 items, warm = catalogue[: args.items], catalogue[args.items : args.items + 16]
-                for n in (1, 2):
-                    if f"encoder_{n}" not in results["runs"]:
-                        results["runs"][f"encoder_{n}"] = r = encoder_run(stack, base, root, items, warm, n, args.encoder)
-                        r["model"] = args.encoder
-                        print(f"[encoder x{n}] {json.dumps(r)}", flush=True)
-                        save()
+                for k in rounds:
+                    for n in (1, 2):
+                        if f"encoder_{n}_r{k}" not in results["runs"]:
+                            r = encoder_run(stack, base, root, items, warm, n, args.encoder, tag=f"r{k}")
+                            r["model"] = args.encoder
+                            results["runs"][f"encoder_{n}_r{k}"] = r
+                            print(f"[encoder x{n} round {k}] {json.dumps(r)}", flush=True)
+                            save()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     results["wall_s"] = results.get("wall_s", 0.0) + time.perf_counter() - t_all
