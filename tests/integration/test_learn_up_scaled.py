@@ -8,12 +8,12 @@ RocksDB secondaries. At the end every user's stored sequence equals the one comp
 store once, and both API replicas serve each user's newest items.
 """
 
+import os
 import random
 import subprocess
 import sys
 import threading
 import time
-import os
 
 import httpx
 import psutil
@@ -30,6 +30,7 @@ from streams.producer import EventProducer
 from streams.schemas import ItemRecord
 from tests.integration.helpers import state_settled, wait_for
 from tests.integration.test_exactly_once import expected_state, make_events
+from tests.integration.test_learn_up import alive
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +158,42 @@ def test_two_workers_per_stage_lose_nothing_when_killed_and_joined(settings):
         extra.stop_all()
         stack_down(run_dir)
     assert health(run_dir) == []
+
+
+def test_learn_up_runs_the_milvus_server_the_encoder_workers_write_to(settings):
+    """processes.milvus_server: `learn up` runs the Milvus server as a program, both encoder workers
+    write to it through vectors.uri, `learn down` stops it (SIGINT) with everything else."""
+    from deploy.milvus_server import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"Milvus server unavailable: {reason}")
+    s = settings.model_copy(update={
+        "broker": settings.broker.model_copy(update={"storage": "memory", "port": free_port(), "bootstrap_servers": ""}),
+        "worker": settings.worker.model_copy(update={"web_port": free_block(4)}),
+        "serving": settings.serving.model_copy(update={"port": free_port()}),
+        "encoder": settings.encoder.model_copy(update={"model": "minilm"}),
+        "processes": settings.processes.model_copy(update={"encoder_workers": 2, "milvus_server": True,
+                                                            "milvus_port": free_port()}),
+    })  # fmt: skip
+    run_dir = s.data_dir / "run"
+    items = [ItemRecord(item_id=f"m-{i}", title=f"Beaker {i}", event_time=time.time() - 60) for i in range(40)]
+    pids: list[int] = []
+    try:
+        up = stack_up(s, run_dir, ready_timeout_s=400)
+        assert up.started[:3] == ["broker", "milvus", "encoder"] and "encoder-1" in up.started
+        uri = stack_settings(s).vectors.uri
+        assert uri == f"http://127.0.0.1:{s.processes.milvus_port}"
+        pids = [h.pid for h in health(run_dir) if h.pid]
+        pids += [c.pid for p in pids for c in psutil.Process(p).children(recursive=True)]
+        with EventProducer(s) as producer:
+            for it in items:
+                producer.send_item(it)
+            producer.flush()
+        with VectorStore(uri) as store:
+            wait_for(lambda: CONTENT in store.collections() and store.count(CONTENT) >= len(items), timeout_s=300)
+            assert sorted(store.ids(CONTENT)) == sorted(it.item_id for it in items)
+    finally:
+        stopped = stack_down(run_dir)
+    assert "milvus" in {name for name, _ in stopped}
+    wait_for(lambda: not [p for p in pids if alive(p)], timeout_s=60)
