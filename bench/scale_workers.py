@@ -284,6 +284,7 @@ def main() -> None:
                         for r in runs)  # fmt: skip
             results[f"{stage}_workers_2_vs_1"] = ratio(results, stage, unit)
         results["load_avg_after"] = os.getloadavg()
+        results["load_avg"] = {"before": results["load_avg_before"], "after": results["load_avg_after"]}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
 
