@@ -269,6 +269,9 @@ def main() -> None:
 
     results = {} if args.fresh or not args.out.exists() else json.loads(args.out.read_text())
     results.update({"command": "python -m bench.scale_workers " + " ".join(sys.argv[1:]), "cpu_count": psutil.cpu_count()})
+    results["notes"] = ("rates: interactions from the moment every worker holds partitions to the last event in "
+                        "the state, encoder from the first send (workers warm) to the last vector written; medians "
+                        "of the rounds; others_cores_used per run = CPU the rest of the machine took")  # fmt: skip
     results.setdefault("runs", {})
     results.setdefault("load_avg_before", os.getloadavg())
     t_all = time.perf_counter()
