@@ -35,7 +35,8 @@ Port = typer.Option(None, help="Broker port on 127.0.0.1 (default: settings.brok
 @app.command()
 def up(data_dir: Optional[Path] = DataDir, port: Optional[int] = Port) -> None:
     """Start the whole stack in the background under supervisord (S3 server + broker, topics, encoder
-    worker, interaction worker, trainer, API), each restarted if it dies; a second `up` starts nothing twice."""
+    workers, interaction workers, trainer, API replicas: `processes.*` says how many), each restarted if
+    it dies; a second `up` starts nothing twice."""
     from deploy.broker import BrokerError
     from deploy.supervisor import SupervisorError, health
     from deploy.supervisor import up as stack_up
