@@ -226,6 +226,19 @@ def test_a_lost_race_for_current_rereads_it_instead_of_overwriting(tmp_path, s3_
     assert a.promote(older.name).name == older.name  # a rollback is explicit
     assert b.current().name == older.name
 
+    # `learn model list` / `rollback` on a third machine, configured by the environment only
+    from typer.testing import CliRunner
+
+    from deploy.cli import app
+
+    env, data = {"LEARN_REGISTRY": json.dumps(s3_server.registry(s3_bucket))}, str(tmp_path / "C")
+    listed = CliRunner().invoke(app, ["model", "list", "--data-dir", data], env=env)
+    assert listed.exit_code == 0 and older.name in listed.output and newer.name in listed.output, listed.output
+    rolled = CliRunner().invoke(app, ["model", "rollback", newer.name, "--data-dir", data], env=env)
+    assert rolled.exit_code == 0 and b.current().name == newer.name, rolled.output
+    unknown = CliRunner().invoke(app, ["model", "rollback", "v999999", "--data-dir", data], env=env)
+    assert unknown.exit_code == 1 and "no model version" in unknown.output
+
 
 def test_a_registry_out_of_reach_keeps_readers_on_their_version(tmp_path, s3_server, s3_bucket, store):
     raw = raw_catalogue()
