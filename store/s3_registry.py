@@ -229,6 +229,7 @@ class S3Registry:
         name = self.next_name()
         claim = json.dumps({"host": os.uname().nodename, "pid": os.getpid()}).encode()
         while not self._put(self._key(name, CLAIM), claim, if_none_match=True):
+            log.info("version name %s was claimed by another publisher: trying the next", name)
             name = next_version_name([name])
         path = self.staging_dir / name
         shutil.rmtree(path, ignore_errors=True)
