@@ -122,8 +122,10 @@ def test_a_publish_killed_half_way_never_reaches_a_reader(tmp_path, s3_server, s
     assert not half.path.exists()  # never downloaded
     # CURRENT pointed at it by hand (or by a buggy writer) is refused, not loaded
     s3_server.client().put_object(Bucket=s3_bucket, Key="models/CURRENT", Body=json.dumps({"version": half.name}))
+    c = machine(tmp_path, s3_server, s3_bucket, "C")
     with pytest.raises(ValueError, match="not completely published"):
-        machine(tmp_path, s3_server, s3_bucket, "C").current()
+        c.current()
+    assert CurrentFollower(c).poll() is None and not (tmp_path / "C" / "registry-cache" / half.name).exists()
     a.promote(first.name)
 
     # killed during the uploads themselves: some files of the version are on S3, the rest never come
