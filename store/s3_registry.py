@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 CLAIM = ".claim"
 STAGING = ".staging"
 PROMOTE_TRIES = 5  # re-reads of CURRENT after a lost conditional PUT
+STALE_DOWNLOAD_S = 3600.0  # a temporary download directory this old was left by a dead reader
 
 
 def parse_uri(uri: str) -> tuple[str, str]:
@@ -294,8 +296,9 @@ class S3Registry:
         """Remove what a crashed publish left half-written locally (uploads: `Publisher.recover`)."""
         shutil.rmtree(self.staging_dir, ignore_errors=True)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
-        for tmp in self.cache_dir.glob(".download-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        for tmp in self.cache_dir.glob(".download-*"):  # not a download another local reader runs now
+            if time.time() - tmp.stat().st_mtime > STALE_DOWNLOAD_S:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def status(error: Exception) -> int | None:
