@@ -298,6 +298,23 @@ class RegistrySettings(BaseModel):
         return self.uri.startswith("s3://")
 
 
+class ProcessSettings(BaseModel):
+    """How many processes `learn up` runs per stage on this machine (deploy/supervisor.py), and
+    whether it runs the Milvus server for the vector store."""
+
+    # Each encoder / interaction worker is one member of its stage's consumer group: at most one per
+    # partition of its input topic (topics.partitions), or the extra ones would idle.
+    encoder_workers: int = Field(1, ge=1)
+    interaction_workers: int = Field(1, ge=1)
+    # API replica i listens on serving.port + i; every replica follows the registry on its own.
+    api_replicas: int = Field(1, ge=1)
+    # Run a Milvus 2.3.5 server (deploy/milvus_server.py, private network namespace) as a program of
+    # `learn up` and point vectors.uri at http://127.0.0.1:<milvus_port> (only when vectors.uri is empty).
+    # Off: the milvus-lite file, which N encoder workers share through its host (store/vectors.py).
+    milvus_server: bool = False
+    milvus_port: int = 19540
+
+
 class DatasetSettings(BaseModel):
     """One dataset by path (`[datasets.<name>]` in the TOML file, or `--data PATH` on the command line).
 
@@ -346,6 +363,7 @@ class Settings(BaseSettings):
     trainer: TrainerSettings = TrainerSettings()
     serving: ServingSettings = ServingSettings()
     registry: RegistrySettings = RegistrySettings()
+    processes: ProcessSettings = ProcessSettings()
     # Datasets by name (the built-in two are always there; a TOML table adds or overrides one).
     datasets: dict[str, DatasetSettings] = dict(BUILTIN_DATASETS)
 

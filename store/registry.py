@@ -254,9 +254,9 @@ class CurrentFollower:
             if tag == self._seen:
                 return None
             current = self.registry.current()
-        except RegistryUnavailable as e:  # S3 unreachable: keep the loaded version, look again next poll
-            log.warning("model registry unavailable, keeping version %s: %s",
-                        self.version.name if self.version else None, e)  # fmt: skip
+        except (RegistryUnavailable, ValueError) as e:  # S3 unreachable, or CURRENT names an unpublished
+            log.warning("model registry: %s; keeping version %s, looking again at the next poll", e,  # version
+                        self.version.name if self.version else None)  # fmt: skip
             return None
         if current is None or (self.version is not None and current.name == self.version.name):
             self._seen = tag

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 CLAIM = ".claim"
 STAGING = ".staging"
 PROMOTE_TRIES = 5  # re-reads of CURRENT after a lost conditional PUT
+STALE_DOWNLOAD_S = 3600.0  # a temporary download directory this old was left by a dead reader
 
 
 def parse_uri(uri: str) -> tuple[str, str]:
@@ -229,6 +231,7 @@ class S3Registry:
         name = self.next_name()
         claim = json.dumps({"host": os.uname().nodename, "pid": os.getpid()}).encode()
         while not self._put(self._key(name, CLAIM), claim, if_none_match=True):
+            log.info("version name %s was claimed by another publisher: trying the next", name)
             name = next_version_name([name])
         path = self.staging_dir / name
         shutil.rmtree(path, ignore_errors=True)
@@ -293,8 +296,9 @@ class S3Registry:
         """Remove what a crashed publish left half-written locally (uploads: `Publisher.recover`)."""
         shutil.rmtree(self.staging_dir, ignore_errors=True)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
-        for tmp in self.cache_dir.glob(".download-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        for tmp in self.cache_dir.glob(".download-*"):  # not a download another local reader runs now
+            if time.time() - tmp.stat().st_mtime > STALE_DOWNLOAD_S:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def status(error: Exception) -> int | None:
