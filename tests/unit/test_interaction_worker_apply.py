@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import store.state as state_module
 from config import load_settings
+from store.changelog import fold
 from store.state import PartitionState
 from streams.interaction_worker import InteractionWorker
 from streams.repartition import route
@@ -18,12 +19,13 @@ class RecordingProducer:
     """Stands in for the broker's acknowledgement: every send succeeds and is recorded."""
 
     def __init__(self):
-        self.sent = []
+        self.sent, self.keys = [], []
 
     async def send(self, topic, value, key=None, partition=None, timestamp_ms=None):
         self.sent.append((topic, value))
+        self.keys.append(key)
         fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
+        fut.set_result(SimpleNamespace(offset=len(self.sent) - 1))  # the record's metadata, as the broker's
         return fut
 
 
@@ -47,10 +49,16 @@ def test_a_record_whose_update_raises_is_dead_lettered_alone(tmp_path, monkeypat
     counts = asyncio.run(worker.apply(part, "", routed.rows, records))
     assert counts["applied"] == 2 and counts["dead_lettered"] == 1
     assert part.next_offset == 3
-    (topic, value), = producer.sent
+    (topic, value), = [x for x in producer.sent if x[0] != settings.topics.changelog_topic]
     letter = json.loads(value)
     assert topic == settings.topics.interactions_dlq and letter["offset"] == 1
     assert "unexpected RuntimeError" in letter["reason"] and "state update failed" in letter["reason"]
+    # the changelog got each row's outcome, acknowledged before the local write: its last record holds
+    # the offsets the database holds, the user's last value the stored sequence
+    logged = fold((k, v) for (t, v), k in zip(producer.sent, producer.keys) if t == settings.topics.changelog_topic)
+    assert logged.offsets.next_offsets[""] == 3 and logged.offsets.counters["applied"] == 2
+    assert [x[3] for x in json.loads(logged.users["u1"])] == ["a", "c"]
+    assert part.changelog_next == len(producer.sent)
     part.close()
 
 
