@@ -257,7 +257,14 @@ class InteractionWorker:
     async def commit(self, part: PartitionState, p: Pending, forwards=(), letters=()) -> None:
         """Forwards, dead letters and the batch's changelog records acknowledged, then the local write."""
         records = self.changelog_records(part, p)
-        _, nxt = await self.send_all(list(forwards), list(letters), records, part_number(part))
+        n = part_number(part)
+        _, nxt = await self.send_all(list(forwards), list(letters), records, n)
+        if self.state.partitions.get(n) is not part:
+            # Revoked while its sends were in flight (and maybe assigned again: a new database object,
+            # restored from the changelog): not written here. Whoever owns the partition now applies
+            # these records again from its stored offsets (or restored this batch from the changelog).
+            log.info("partition %d was revoked while a batch was in flight: its local write is skipped", n)
+            return
         part.commit(p, nxt)
 
     def seek_to_stored(self, tp: TopicPartition, part: PartitionState, sought: int | None = None) -> None:
@@ -400,6 +407,8 @@ class InteractionWorker:
         by_offset = {m.offset: m for m in records}
         counts: Counter = Counter()
         for row in rows:
+            if self.state.partitions.get(part_number(part)) is not part:
+                break  # revoked meanwhile (see commit)
             m = by_offset[row[0]]
             try:
                 pending = part.prepare([row], *args, source=source, fingerprint=fingerprint(m))
@@ -478,7 +487,7 @@ class Rebalance(ConsumerRebalanceListener):
 def make_clients(settings: Settings, group_id: str) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
     b, w = settings.broker, settings.worker
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=b.bootstrap,
+        **client_options(b, "aiokafka"),
         group_id=group_id,
         enable_auto_commit=False,
         # Where a position no longer exists: the log's start; the fingerprint check tells a log that
@@ -495,7 +504,7 @@ def make_clients(settings: Settings, group_id: str) -> tuple[AIOKafkaConsumer, A
         fetch_max_wait_ms=w.fetch_max_wait_ms,
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=b.bootstrap,
+        **client_options(b, "aiokafka"),
         acks="all",
         request_timeout_ms=w.send_timeout_ms,  # the producer retries meanwhile
         max_request_size=2 * 1024 * 1024,  # a forward is one compact record, a letter's payload is cut
