@@ -207,17 +207,9 @@ class PartitionState:
         self.next_offsets[source] = offset
         self.fingerprints[source] = None
 
-    def apply(
-        self,
-        events: Iterable[tuple[int, Entry | None, str | None]],
-        max_len: int,
-        lateness_s: float,
-        slot_s: float,
-        source: str = SOURCE,
-        fingerprint: bytes | None = None,
-    ) -> Counter:
-        """`prepare` and `commit` at once (no changelog)."""
-        pending = self.prepare(events, max_len, lateness_s, slot_s, source, fingerprint)
+    def apply(self, *args, **kwargs) -> Counter:
+        """`prepare` (same arguments) and `commit` at once, without a changelog."""
+        pending = self.prepare(*args, **kwargs)
         self.commit(pending)
         return pending.counts
 
