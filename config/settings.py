@@ -107,6 +107,14 @@ class TopicSettings(BaseModel):
     def interactions_repartition_topic(self) -> str:
         return self.interactions_repartition or f"{self.interactions}.repartition"
 
+    # The state's changelog (compacted; partition p = state partition p; store/changelog.py). Empty:
+    # "<interactions>.changelog".
+    changelog: str = ""
+
+    @property
+    def changelog_topic(self) -> str:
+        return self.changelog or f"{self.interactions}.changelog"
+
     # ---- a real cluster: copies of each partition, and how many must acknowledge a write (acks=all).
     # The embedded broker has one node: 1 and 0 (0: leave min.insync.replicas to the broker's default).
     replication_factor: int = Field(1, ge=1)
@@ -144,6 +152,8 @@ class WorkerSettings(BaseModel):
     # record applied last still in the broker's log?): a broker need not report a position beyond
     # its log (Tansu answers with no records), so an idle partition is probed.
     regression_probe_s: float = 5.0
+    # A restore from the changelog that reads nothing for this long stops the worker (broker away).
+    restore_timeout_s: float = 60.0
 
 
 class EncoderSettings(BaseModel):
@@ -182,6 +192,12 @@ class StateSettings(BaseModel):
     allowed_lateness_s: float = 3600.0
     # Users changed per event-time slot are recorded at this resolution; trainer windows are whole slots.
     slot_s: float = 10.0
+    # The interaction worker writes each batch's changed sequences to the changelog topic and restores
+    # a missing or stale partition database from it on assignment (store/changelog.py).
+    changelog: bool = True
+    # How the API and the trainer read the state: "secondary" opens the workers' databases under
+    # data_dir (same machine); "changelog" keeps a replica under data_dir/replica from the changelog.
+    reader: Literal["secondary", "changelog"] = "secondary"
 
 
 class VectorSettings(BaseModel):

@@ -32,7 +32,7 @@ class Runtime:
         self.follower = ModelFollower(open_registry(settings), self.store, s.search == "memory",
                                       on_content_change=self.content.invalidate, on_switch=self._switched)  # fmt: skip
         self.recommender = Recommender(settings, self.state, self.follower, self.content, self.titles, self.store,
-                                       Popularity(settings), metrics.search.observe,
+                                       Popularity(settings, state=self.state), metrics.search.observe,
                                        lambda n, _: metrics.batch.observe(n))  # fmt: skip
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow_state, name="state-follower", daemon=True)
