@@ -176,17 +176,10 @@ class Machine:
     settings: Settings
     stack: Stack
     ports: dict[str, int] = field(default_factory=dict)
-    # each program its own data dir under the machine's: two changelog replicas (trainer, API) cannot
-    # share one (streams/replica.py keeps it at <data_dir>/replica, one writer)
-    dir_per_program: bool = False
-
-    def program_settings(self, program: str) -> Settings:
-        s = self.settings
-        return s.model_copy(update={"data_dir": s.data_dir / program}) if self.dir_per_program else s
 
     def start(self, program: str) -> None:
         """Start one program (not waiting for it)."""
-        s = self.program_settings(program)
+        s = self.settings
         if program in WORKER_MODULES:
             port = self.ports[program] = free_port()
             s = s.model_copy(update={"worker": s.worker.model_copy(update={"web_port": port})})
@@ -209,10 +202,6 @@ class Machine:
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.settings.serving.port}"
-
-    def exited(self) -> dict[str, int]:
-        """Programs that are not running any more (killed ones included), with their exit status."""
-        return {f"{self.name}/{n}": p.returncode for n, p in self.stack.procs.items() if p.poll() is not None}
 
     def log(self, program: str) -> str:
         path = self.stack.log_path(program)
@@ -317,6 +306,25 @@ def served_histories(base: str, expected: dict[str, list[list]]) -> dict:
             "served_errors": errors, "served_wrong_examples": wrong[:5] + missing[:5]}  # fmt: skip
 
 
+@dataclass
+class Orchestrator:
+    """What Kubernetes or supervisord does for the surviving machines: a program of B or C that exits
+    is started again (A's killed ones never are). Each exit is recorded with its status and log tail."""
+
+    machines: list[Machine]
+    stop: threading.Event = field(default_factory=threading.Event)
+    exits: list[dict] = field(default_factory=list)
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            for m in self.machines:
+                for program, proc in list(m.stack.procs.items()):
+                    if proc.poll() is not None and not self.stop.is_set():
+                        self.exits.append({"program": f"{m.name}/{program}", "status": proc.returncode,
+                                           "at": time.time(), "log_tail": m.log(program)[-2000:]})  # fmt: skip
+                        m.start(program)
+
+
 def takeover_s(b: Machine, need: dict[str, int], since: float, timeout_s: float) -> float | None:
     """Seconds from `since` (monotonic) until B's state databases hold at least the offsets `need`
     (A's at its kill); None on timeout. A fresh reader each look: a restore may replace a database."""
@@ -385,7 +393,7 @@ def run(args, milvus_uri: str | None = None) -> dict:
                 milvus_uri = milvus.uri
             for name in ROLES:
                 s = machine_settings(root, name, shared, milvus_uri, args, run_id)
-                machines[name] = Machine(name, s, Stack(s, root / name / "run"), dir_per_program=name == "C")
+                machines[name] = Machine(name, s, Stack(s, root / name / "run"))
             a, b, c = machines["A"], machines["B"], machines["C"]
             for m in (a, b):  # A first, then B: the groups rebalance once both are in
                 for program in ROLES[m.name]:
@@ -398,11 +406,20 @@ def run(args, milvus_uri: str | None = None) -> dict:
             for program in ROLES["C"]:
                 c.wait(program, args.ready_timeout_s)
             result["startup_s"] = round(time.monotonic() - t_start, 1)  # Milvus included when started here
-            result.update(stream_and_kill(args, shared, a, b, c, result))
-            watch = result.pop("_watch")
+            orchestrator = Orchestrator([b, c])
+            restarter = threading.Thread(target=orchestrator.run, daemon=True)
+            restarter.start()
+            try:
+                result.update(stream_and_kill(args, shared, a, b, c, orchestrator))
+                watch = result.pop("_watch")
+            finally:  # the machines before the shared services they write to
+                orchestrator.stop.set()
+                restarter.join()
+                if watch is not None:
+                    watch.stop.set()
+                for m in machines.values():
+                    m.stack.stop_all()
     finally:
-        if watch is not None:
-            watch.stop.set()
         for m in machines.values():
             m.stack.stop_all()
         if milvus is not None:
@@ -424,7 +441,7 @@ def run(args, milvus_uri: str | None = None) -> dict:
     return result
 
 
-def stream_and_kill(args, shared: Settings, a: Machine, b: Machine, c: Machine, result: dict) -> dict:
+def stream_and_kill(args, shared: Settings, a: Machine, b: Machine, c: Machine, orchestrator: Orchestrator) -> dict:
     ds = subsample(read_unisrec(shared.shared_data_dir), args.users, seed=args.seed)
     stream = make_stream(ds, args.seed, time.time())
     longest = max((len(s) for s in ds.sequences.values()), default=0)
@@ -478,7 +495,7 @@ def stream_and_kill(args, shared: Settings, a: Machine, b: Machine, c: Machine, 
     served = wait_until(lambda: (s := served_histories(c.api, expected))["served_users_wrong"] + s["served_users_missing"] == 0 and s,
                         args.settle_timeout_s, 2.0) or served_histories(c.api, expected)  # fmt: skip
     kill_wall = out.get("kill_time", float("inf"))
-    windows = read_windows(c.program_settings("trainer").data_dir / "trainer" / "windows.jsonl")
+    windows = read_windows(c.settings.data_dir / "trainer" / "windows.jsonl")
     published = [w for w in windows if w.get("version")]
     after = [w["version"] for w in published if w["published_at"] > kill_wall and w["promoted"]]
     # the API on C follows the newest promoted version (from the object store) within the wait
@@ -505,7 +522,9 @@ def stream_and_kill(args, shared: Settings, a: Machine, b: Machine, c: Machine, 
         "versions_followed": followed,
         "versions_followed_after_kill": [v for t, v in watch.versions if t > kill_wall],
         # no program of B or C may exit (A's two are the ones killed): an exit here is a crash
-        "exited_unexpectedly": {k: v for m in (a, b, c) for k, v in m.exited().items() if k not in out.get("killed", [])},
+        # exits of B's or C's programs (each started again, as an orchestrator would): crashes
+        "restarts": Counter(e["program"] for e in orchestrator.exits),
+        "exits": orchestrator.exits,
         "api": dict(watch.counts),
         "api_5xx": watch.counts["5xx"],
         "api_unreachable": watch.counts["unreachable"],
