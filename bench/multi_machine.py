@@ -1,7 +1,7 @@
 """The multi-machine benchmark (issue 16): three "machines" on this one, sharing only the broker, the
 object store and the Milvus server; machine A dies mid-stream and nothing is lost or applied twice.
 
-    .venv/bin/python -m bench.multi_machine [--users 300] [--duration 120] [--kill-at 0.4]
+    .venv/bin/python -m bench.multi_machine [--users 300] [--duration 120] [--kill-at 0.4] [--kill-by 0.7]
                                             [--encoder minilm] [--out bench/results/scale/multi_machine.json]
 
 What is shared (one of each, started here, on 127.0.0.1 with free ports):
@@ -25,8 +25,9 @@ The stream: real Scientific users (the UniSRec split, `streams/datasets.py`), ea
 order with event times a second apart, interleaved at random (streams/replay.py), ~3% sent twice, the
 items' texts spread over the first 60% of the stream; half through kafka-python, half through
 confluent-kafka at its default partitioner, one in ten interactions keyless (bench/chaos.py's
-producers: every record retried until acknowledged). At `--kill-at` of the stream, machine A's two
-workers get SIGKILL and stay dead: B's workers take over A's partitions, and B's interaction worker
+producers: every record retried until acknowledged). At `--kill-at` of the stream, once C's API
+follows a first model version (at `--kill-by` of the stream at the latest), machine A's two workers
+get SIGKILL and stay dead: B's workers take over A's partitions, and B's interaction worker
 restores their state from the changelog (time from the kill until B's databases hold at least the
 offsets A had stored: `restore_s_on_b`).
 
@@ -35,7 +36,8 @@ state exactly once and every user's sequence equal to the rule applied to the ev
 (store/state.apply_event, as tests/integration/test_exactly_once.py), every item in Milvus once
 (bench/chaos.py's accounting), the API on C serving every user's newest events exactly as the rule
 has them, and the API following versions the trainer published after the kill. An API client asks
-for recommendations all along; its answers are counted.
+for recommendations all along; its answers are counted. Like an orchestrator, the harness starts
+again any program of B or C that exits; every such exit is reported (`exits`, with its log's tail).
 
 Writes bench/results/scale/multi_machine.json (`multi_machine_lost`, `multi_machine_duplicated`, ...).
 """
@@ -455,13 +457,15 @@ def stream_and_kill(args, shared: Settings, a: Machine, b: Machine, c: Machine, 
     t_produce = time.monotonic()
     chunk = max(1, len(records) // max(1, int(args.duration)))  # ~one chunk a second
     per_chunk_s = args.duration / max(1, len(records) / chunk)
-    kill_index = int(args.kill_at * len(records))
+    # A dies once --kill-at of the records are sent and C follows a first version (so versions are
+    # followed across the kill), or at --kill-by whatever C serves
+    kill_index, kill_by = int(args.kill_at * len(records)), int(max(args.kill_at, args.kill_by) * len(records))
     out: dict = {"_watch": watch}
     unsent: list[Record] = []
     seen_users: set[str] = set()
     kill_mono = restore = None
     for i in range(0, len(records), chunk):
-        if kill_mono is None and i >= kill_index:
+        if kill_mono is None and i >= kill_index and (watch.versions or i >= kill_by):
             kill_mono = time.monotonic()
             out["kill_time"] = time.time()
             for program in ROLES["A"]:
@@ -540,6 +544,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=300, help="Scientific users (a seeded sample)")
     ap.add_argument("--duration", type=float, default=120.0, help="seconds over which the records are sent")
     ap.add_argument("--kill-at", type=float, default=0.4, help="fraction of the records sent when A dies")
+    ap.add_argument("--kill-by", type=float, default=0.7, help="A dies by this fraction even if C follows no version yet")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--encoder", default="minilm", help="minilm (packaged all-MiniLM-L6-v2) or smollm2")
     ap.add_argument("--window-s", type=float, default=300.0, help="the trainer's window, seconds of event time")

@@ -18,7 +18,7 @@ NO_CONTENT_YET = "no content embeddings in the vector store yet"  # trainer/incr
 
 
 def small_run() -> argparse.Namespace:
-    return argparse.Namespace(users=25, duration=20.0, kill_at=0.4, partitions=4, encoder="minilm", window_s=30.0,
+    return argparse.Namespace(users=25, duration=20.0, kill_at=0.4, kill_by=0.7, partitions=4, encoder="minilm", window_s=30.0,
                               max_train_s=3.0, steps_per_window=10, max_seq_len=64, still_s=6.0,
                               settle_timeout_s=120.0, ready_timeout_s=180.0, seed=16, keep=False)  # fmt: skip
 
