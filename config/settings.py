@@ -268,14 +268,19 @@ class ServingSettings(BaseModel):
     content_cache_items: int = 200_000  # raw content embeddings kept in memory (LRU)
     torch_threads: int = 1  # intra-op threads of the towers in the API process (0: torch's default)
     metrics_urls: list[str] = []  # the workers' /metrics pages, re-exported (job label) on the API's /metrics
-    # The memory path's top-K index (serving/ann.py): "exact" scores every item; "ann" a faiss IVF-Flat
-    # index (inner product) scoring the ann_nprobe nearest of ann_nlist k-means cells; "auto": ann from
-    # ann_min_items items on (bench/results/scale/ann.json has its recall and latency at 1M items).
+    # The memory path's top-K index (serving/ann.py): "exact" scores every item; "ann" a faiss index
+    # (inner product, full vectors) of ann_kind; "auto": ann from ann_min_items items on
+    # (bench/results/scale/ann.json has recall and latency at 1M items).
     index: Literal["exact", "ann", "auto"] = "auto"
     ann_min_items: int = 200_000
-    ann_nlist: int = 0  # k-means cells (0: about sqrt(items))
-    ann_nprobe: int = 32  # cells scored per query (recall against speed)
+    ann_kind: Literal["hnsw", "ivf"] = "hnsw"  # HNSW graph, or IVF k-means cells
+    ann_m: int = 16  # hnsw: graph links per node
+    ann_ef_construction: int = 100  # hnsw: candidates kept while inserting
+    ann_ef_search: int = 128  # hnsw: candidates kept while searching (recall against speed)
+    ann_nlist: int = 0  # ivf: k-means cells (0: about sqrt(items))
+    ann_nprobe: int = 32  # ivf: cells scored per query
     ann_rebuild_fraction: float = 0.05  # rebuild the index once rewritten + deleted + new rows pass this share
+    ann_build_threads: int = 0  # threads of a (re)build on the follower's thread (0: all cores)
 
 
 class DatasetSettings(BaseModel):

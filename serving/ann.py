@@ -1,11 +1,18 @@
-"""An approximate top-K index (faiss IVF-Flat, inner product) behind the exact index's interface.
+"""An approximate top-K index (faiss HNSW or IVF, inner product) behind the exact index's interface.
 
 The exact in-memory index (serving/index.py `ItemIndex`) scores every item: one (B, d) x (d, N)
 product, right at 100k items, ~N x d x 4 bytes read per batch beyond that. `AnnIndex` answers the same
-calls (`search`, `vector`, `with_changes`, `ids`, `row_of`, `written_at`, `len`) from a faiss
-`IndexIVFFlat`: the items are split into `nlist` k-means cells; a query scores the `nprobe` nearest
-cells' items exactly (Flat: full vectors, no compression), so its cost is ~nprobe / nlist of a full
-scan. bench/ann.py measures it against exact search (bench/results/scale/ann.json).
+calls (`search`, `vector`, `with_changes`, `ids`, `row_of`, `written_at`, `len`) from a faiss index
+over the full vectors (Flat storage, no compression), one of two kinds (`serving.ann_kind`):
+- "hnsw" (default): `IndexHNSWFlat`, a navigable small-world graph (`ann_m` links a node, built with
+  `ann_ef_construction`); a query walks it keeping the `ann_ef_search` best candidates;
+- "ivf": `IndexIVFFlat`, the items split into `ann_nlist` k-means cells; a query scores the
+  `ann_nprobe` nearest cells' items.
+Chosen by measurement (bench/ann.py, bench/results/scale/ann.json): on the served 640-wide vectors
+([item tower, content features]; the user side [user tower, 0.7 x recency-weighted history
+features]) the k-means cells of IVF follow the 576 feature dimensions, which the query weighs
+differently, so IVF needed a quarter of the cells scored for recall@10 0.97 at 50k items, where HNSW
+reached 0.998 at ef 128 in 0.4 ms.
 
 How a snapshot stays immutable while the follower applies changes (an LSM-like split, the way Milvus
 keeps a sealed segment beside a growing one):
@@ -21,7 +28,7 @@ requests keep being answered by the old snapshot meanwhile).
 
 Filters stay exact: a query's excluded ids (its history, the request's `exclude`) are removed by
 over-fetching: the base is asked for k + m hits, m the number of the query's excluded ids that are live
-base items, so dropping them still leaves k (when the probed cells hold that many). An allow-list
+base items, so dropping them still leaves k (when the search reaches that many). An allow-list
 (`only`) is scored exactly over the allowed rows (the exact index's `allow` path): a short list never
 needs the ANN.
 """
@@ -44,19 +51,52 @@ TRAIN_ITERATIONS = 10
 
 @dataclass(frozen=True)
 class AnnParams:
-    nlist: int = 0  # k-means cells; 0: about sqrt(N)
-    nprobe: int = 32  # cells scored per query
+    kind: str = "hnsw"  # "hnsw" | "ivf"
+    m: int = 16  # HNSW: graph links per node
+    ef_construction: int = 100  # HNSW: candidates kept while inserting
+    ef_search: int = 128  # HNSW: candidates kept while searching (recall against speed)
+    nlist: int = 0  # IVF: k-means cells; 0: about sqrt(N)
+    nprobe: int = 32  # IVF: cells scored per query
     rebuild_fraction: float = 0.05  # rebuild the base when stale + fresh rows exceed this share of N
+    build_threads: int = 0  # OpenMP threads of a (re)build, on the thread that builds (0: faiss's default)
+    search_threads: int = 1  # OpenMP threads of a search call, on the calling thread (0: faiss's default)
     seed: int = 1234
 
     @classmethod
     def from_settings(cls, s) -> "AnnParams":
-        return cls(s.ann_nlist, s.ann_nprobe, s.ann_rebuild_fraction)
+        return cls(s.ann_kind, s.ann_m, s.ann_ef_construction, s.ann_ef_search, s.ann_nlist, s.ann_nprobe,
+                   s.ann_rebuild_fraction, s.ann_build_threads, s.torch_threads)  # fmt: skip
 
     def cells(self, n: int) -> int:
         """The number of cells for n items: nlist, or ~sqrt(n); at most n / 39 (k-means needs points)."""
         want = self.nlist or int(round(math.sqrt(n)))
         return max(1, min(want, n // 39))
+
+
+def build_base(vectors: np.ndarray, params: AnnParams) -> faiss.Index:
+    """The params' kind of inner-product index over `vectors` (N, d) float32, labels 0..N-1."""
+    if params.build_threads > 0:
+        faiss.omp_set_num_threads(params.build_threads)  # this thread's OpenMP setting only
+    if params.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(vectors.shape[1], params.m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params.ef_construction
+        index.hnsw.efSearch = params.ef_search
+        index.add(vectors)
+        return index
+    if params.kind == "ivf":
+        return build_ivf(vectors, params)
+    raise ValueError(f"unknown ANN kind {params.kind!r}: hnsw or ivf")
+
+
+def search_parameters(index: faiss.Index, sel) -> faiss.SearchParameters:
+    """The index's own search knob (efSearch or nprobe, as set on it) and an ID selector or None."""
+    if isinstance(index, faiss.IndexHNSW):
+        p = faiss.SearchParametersHNSW(efSearch=index.hnsw.efSearch)
+    else:
+        p = faiss.SearchParametersIVF(nprobe=index.nprobe)
+    if sel is not None:
+        p.sel = sel
+    return p
 
 
 def build_ivf(vectors: np.ndarray, params: AnnParams) -> faiss.Index:
@@ -95,7 +135,7 @@ class AnnIndex:
 
     @classmethod
     def of(cls, exact: ItemIndex, params: AnnParams) -> "AnnIndex":
-        base = build_ivf(np.ascontiguousarray(exact.vectors.numpy()), params)
+        base = build_base(np.ascontiguousarray(exact.vectors.numpy()), params)
         empty = ItemIndex.build([], np.zeros((0, exact.dim), np.float32), np.zeros(0))
         return cls(exact, base, list(exact.ids), dict(exact.row_of), frozenset(), empty, params)
 
@@ -163,9 +203,9 @@ class AnnIndex:
         fetch = min(max(k + m for k, m in zip(ks, live)), self.base.ntotal)
         base_hits: list[list[tuple[str, float]]] = [[] for _ in ks]
         if fetch > 0:
-            params = faiss.SearchParametersIVF(nprobe=self.base.nprobe)
-            if self._skip is not None:
-                params.sel = self._skip[1]
+            if self.params.search_threads > 0:
+                faiss.omp_set_num_threads(self.params.search_threads)  # this request thread's setting
+            params = search_parameters(self.base, self._skip[1] if self._skip is not None else None)
             scores, labels = self.base.search(q, fetch, params=params)
             for b, ex in enumerate(exclude):
                 hits = ((self.base_ids[lab], float(s)) for s, lab in zip(scores[b], labels[b]) if lab >= 0)
@@ -200,7 +240,5 @@ def choose_index(index: ItemIndex | AnnIndex, kind: str, min_items: int, params:
 def index_chooser(serving_settings):
     """`ModelFollower(make_index=...)` for the settings' `serving.index` choice."""
     s = serving_settings
-    if s.torch_threads > 0:  # faiss's OpenMP pool, sized like the towers' (the API runs one thread)
-        faiss.omp_set_num_threads(s.torch_threads)
     params = AnnParams.from_settings(s)
     return lambda index: choose_index(index, s.index, s.ann_min_items, params)

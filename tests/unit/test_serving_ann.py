@@ -1,6 +1,7 @@
 """The approximate index (serving/ann.py) against the exact one, its changes, and the switch."""
 
 import numpy as np
+import pytest
 import torch
 
 from bench.seed import random_unit
@@ -26,9 +27,13 @@ def clustered(n: int, centres: np.ndarray, seed: int) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_every_cell_probed_equals_exact_search_with_exclusions_and_allow_lists():
+WIDE = {"ivf": AnnParams(kind="ivf", nlist=16, nprobe=16), "hnsw": AnnParams(kind="hnsw", m=16, ef_search=2000)}
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_a_search_as_wide_as_the_catalogue_equals_exact_search_with_exclusions_and_allow_lists(kind):
     exact = exact_index(random_unit(2000, 16, seed=0))
-    ann = AnnIndex.of(exact, AnnParams(nlist=16, nprobe=16))
+    ann = AnnIndex.of(exact, WIDE[kind])  # every cell scored / every candidate kept
     q = torch.from_numpy(random_unit(6, 16, seed=1))
     ks = [10, 5, 10, 3, 10, 20]
     exclude = [set(), {"i1", "i2", "i3"}, set(), {f"i{j}" for j in range(0, 2000, 3)}, set(), set()]
@@ -42,21 +47,23 @@ def test_every_cell_probed_equals_exact_search_with_exclusions_and_allow_lists()
     assert len(got[2]) == 3  # the allow-list path: three allowed ids exist
 
 
-def test_recall_at_10_on_clustered_vectors_with_few_cells_probed():
+@pytest.mark.parametrize("params", [AnnParams(kind="ivf", nlist=100, nprobe=4), AnnParams(kind="hnsw", ef_search=16)],
+                         ids=["ivf", "hnsw"])  # fmt: skip
+def test_recall_at_10_on_clustered_vectors_with_a_narrow_search(params):
     centres = random_unit(50, 32, seed=2)
     vecs = clustered(20_000, centres, seed=2)
     exact = exact_index(vecs)
-    ann = AnnIndex.of(exact, AnnParams(nlist=100, nprobe=4))
+    ann = AnnIndex.of(exact, params)
     queries = torch.from_numpy(clustered(200, centres, seed=3))
     none = [set()] * len(queries)
     truth, got = exact.search(queries, [10] * len(queries), none), ann.search(queries, [10] * len(queries), none)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids_of(truth), ids_of(got))])
-    assert recall >= 0.95, recall  # 4 of 100 cells scored (1 cell: ~0.76)
+    assert recall >= 0.95, recall  # ivf: 4 of 100 cells scored (1 cell: ~0.76); hnsw: 16 candidates
 
 
 def test_upserts_and_deletes_are_in_the_next_snapshot_and_not_in_the_old_one():
     exact = exact_index(random_unit(500, 8, seed=4))
-    ann = AnnIndex.of(exact, AnnParams(nlist=4, nprobe=4, rebuild_fraction=0.5))
+    ann = AnnIndex.of(exact, AnnParams(ef_search=500, rebuild_fraction=0.5))
     q = torch.from_numpy(random_unit(1, 8, seed=5))
     top = ids_of(ann.search(q, [3], [set()]))[0]
     rows = [{"item_id": "new", "vector": q[0].numpy(), "written_at": 1e9},  # the best possible item
@@ -76,7 +83,7 @@ def test_upserts_and_deletes_are_in_the_next_snapshot_and_not_in_the_old_one():
 
 def test_many_changes_rebuild_the_base_and_search_stays_exact():
     exact = exact_index(random_unit(400, 8, seed=6))
-    ann = AnnIndex.of(exact, AnnParams(nlist=4, nprobe=4, rebuild_fraction=0.05))
+    ann = AnnIndex.of(exact, AnnParams(ef_search=400, rebuild_fraction=0.05))
     rows = [{"item_id": f"n{j}", "vector": v, "written_at": 5e8} for j, v in enumerate(random_unit(30, 8, seed=7))]
     new = ann.with_changes(rows, {"i0", "i1"})
     assert new.base is not ann.base and len(new.fresh) == 0 and not new.stale and new.base.ntotal == 428
@@ -94,6 +101,7 @@ def test_the_switch_exact_ann_auto():
     assert choose_index(ann, "exact", 0, p) is exact  # switched off again: back to the record
     empty = exact_index(np.zeros((0, 8), np.float32))
     assert choose_index(empty, "ann", 0, p) is empty
-    chooser = index_chooser(ServingSettings(index="ann", ann_nprobe=3, ann_nlist=5))
-    built = chooser(exact)
-    assert built.base.nlist == 5 and built.base.nprobe == 3
+    ivf = index_chooser(ServingSettings(index="ann", ann_kind="ivf", ann_nprobe=3, ann_nlist=5))(exact)
+    assert ivf.base.nlist == 5 and ivf.base.nprobe == 3
+    hnsw = index_chooser(ServingSettings(index="ann", ann_m=8, ann_ef_search=33))(exact)
+    assert hnsw.base.hnsw.efSearch == 33 and hnsw.base.ntotal == 300
