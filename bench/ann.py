@@ -56,9 +56,9 @@ K = 10
 BUILD_THREADS = 2  # the builds (serving: serving.ann_build_threads, 0 = all cores); searches run on 1
 # (name, width, build params, the search knob swept on one build): the served 640-wide layout first
 CONFIGS = [
-    ("hnsw", 640, {"kind": "hnsw", "m": 16, "ef_construction": 100}, ("ef_search", (64, 128, 256))),
-    ("hnsw", 64, {"kind": "hnsw", "m": 16, "ef_construction": 100}, ("ef_search", (64, 128, 256))),
+    ("hnsw", 640, {"kind": "hnsw", "m": 16, "ef_construction": 100}, ("ef_search", (64, 128, 256, 512, 1024))),
     ("ivf", 640, {"kind": "ivf", "nlist": 1000}, ("nprobe", (16, 32, 64))),
+    ("hnsw", 64, {"kind": "hnsw", "m": 16, "ef_construction": 100}, ("ef_search", (64, 128, 256, 512))),
 ]
 
 

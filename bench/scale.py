@@ -31,7 +31,7 @@ REQUIRED = (
     "ddp_valid_ndcg10_1", "ddp_valid_ndcg10_2", "milvus_server_query_p50_ms", "milvus_server_query_p99_ms",
     "ann_1m_query_p99_ms", "ann_1m_recall_at_10", "multi_machine_lost", "multi_machine_duplicated",
 )  # fmt: skip
-META = ("command", "load_avg", "wall_s", "cpu_count", "notes")
+META = ("command", "load_avg", "wall_s", "cpu_count", "notes", "machine")
 MILVUS_KEYS = ("milvus_server_query_p50_ms", "milvus_server_query_p99_ms")
 MILVUS_ITEMS = 100_000
 

@@ -276,7 +276,7 @@ class ServingSettings(BaseModel):
     ann_kind: Literal["hnsw", "ivf"] = "hnsw"  # HNSW graph, or IVF k-means cells
     ann_m: int = 16  # hnsw: graph links per node
     ann_ef_construction: int = 100  # hnsw: candidates kept while inserting
-    ann_ef_search: int = 128  # hnsw: candidates kept while searching (recall against speed)
+    ann_ef_search: int = 512  # hnsw: candidates kept while searching (recall against speed; 1M items: 256 -> 0.94)
     ann_nlist: int = 0  # ivf: k-means cells (0: about sqrt(items))
     ann_nprobe: int = 32  # ivf: cells scored per query
     ann_rebuild_fraction: float = 0.05  # rebuild the index once rewritten + deleted + new rows pass this share

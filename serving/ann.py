@@ -54,7 +54,7 @@ class AnnParams:
     kind: str = "hnsw"  # "hnsw" | "ivf"
     m: int = 16  # HNSW: graph links per node
     ef_construction: int = 100  # HNSW: candidates kept while inserting
-    ef_search: int = 128  # HNSW: candidates kept while searching (recall against speed)
+    ef_search: int = 512  # HNSW: candidates kept while searching (recall against speed)
     nlist: int = 0  # IVF: k-means cells; 0: about sqrt(N)
     nprobe: int = 32  # IVF: cells scored per query
     rebuild_fraction: float = 0.05  # rebuild the base when stale + fresh rows exceed this share of N
