@@ -20,8 +20,8 @@ What is measured on what:
   does. Exact top-10 by brute force (`ItemIndex.search`, the exact index, same exclusions).
 - The latency: one `search` call per query, batch 1, on one thread (faiss and torch; the API runs
   with serving.torch_threads = 1), timed around the call; the first 20 are warm-up.
-- The indexes: faiss HNSW (the default, serving.ann_kind) at 640 and 64 wide, ef_search swept on one
-  build, and IVF-Flat at 640 wide, nprobe swept; builds on 2 threads (BUILD_THREADS). `--compare-items`:
+- The indexes: faiss HNSW at 640 wide, ef_search swept on one build, and IVF-Flat (the default,
+  serving.ann_kind) at 640 and 64 wide, nprobe swept; builds on 2 threads (BUILD_THREADS). `--compare-items`:
   faiss IVF, faiss HNSW and hnswlib (where installed; not a dependency) on one thread at that size.
 Generated vectors, the model and the exact answers are cached under --work; every finished config is
 written to --out at once and skipped on a restart. The result records the machine's load: 2 cores
@@ -58,7 +58,7 @@ BUILD_THREADS = 2  # the builds (serving: serving.ann_build_threads, 0 = all cor
 CONFIGS = [
     ("hnsw", 640, {"kind": "hnsw", "m": 16, "ef_construction": 100}, ("ef_search", (64, 128, 256, 512, 1024))),
     ("ivf", 640, {"kind": "ivf", "nlist": 1000}, ("nprobe", (16, 32, 64))),
-    ("hnsw", 64, {"kind": "hnsw", "m": 16, "ef_construction": 100}, ("ef_search", (64, 128, 256, 512))),
+    ("ivf", 64, {"kind": "ivf", "nlist": 1000}, ("nprobe", (16, 32, 64))),
 ]
 
 
@@ -298,15 +298,15 @@ def headline(result: dict, a, model_info: dict, encoder_id: str, load_before, wa
     from config.settings import ServingSettings
 
     d = ServingSettings()
-    key = f"d640-hnsw-m{d.ann_m}-ef_construction{d.ann_ef_construction}-ef_search{d.ann_ef_search}"
+    nlist = AnnParams(nlist=d.ann_nlist).cells(a.items)
+    key = f"d640-{d.ann_kind}-nlist{nlist}-nprobe{d.ann_nprobe}"
     c = result["configs"].get(key)  # the served layout with the default settings
     if c is not None and a.items == 1_000_000:
         result.update(ann_1m_query_p50_ms=c["query_p50_ms"], ann_1m_query_p99_ms=c["query_p99_ms"],
                       ann_1m_recall_at_10=c["recall_at_10"], ann_1m_build_s=c["build_s"],
                       ann_1m_build_threads=c["build_threads"], ann_1m_index_rss_mb=c["index_rss_mb"],
                       ann_1m_config=key,
-                      ann_1m_params={"index": "faiss IndexHNSWFlat", "M": d.ann_m, "ef_construction": d.ann_ef_construction,
-                                     "ef_search": d.ann_ef_search, "width": 640})  # fmt: skip
+                      ann_1m_params={"index": "faiss IndexIVFFlat", "nlist": nlist, "nprobe": d.ann_nprobe, "width": 640})  # fmt: skip
     result.update(
         command=f"LEARN_CACHE_DIR=<dir with the SmolLM2 embedding cache> nice -n 5 .venv/bin/python -m bench.ann "
                 f"--items {a.items} --queries {a.queries} --compare-items {a.compare_items}",

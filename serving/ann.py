@@ -4,15 +4,15 @@ The exact in-memory index (serving/index.py `ItemIndex`) scores every item: one 
 product, right at 100k items, ~N x d x 4 bytes read per batch beyond that. `AnnIndex` answers the same
 calls (`search`, `vector`, `with_changes`, `ids`, `row_of`, `written_at`, `len`) from a faiss index
 over the full vectors (Flat storage, no compression), one of two kinds (`serving.ann_kind`):
-- "hnsw" (default): `IndexHNSWFlat`, a navigable small-world graph (`ann_m` links a node, built with
-  `ann_ef_construction`); a query walks it keeping the `ann_ef_search` best candidates;
-- "ivf": `IndexIVFFlat`, the items split into `ann_nlist` k-means cells; a query scores the
-  `ann_nprobe` nearest cells' items.
-Chosen by measurement (bench/ann.py, bench/results/scale/ann.json): on the served 640-wide vectors
-([item tower, content features]; the user side [user tower, 0.7 x recency-weighted history
-features]) the k-means cells of IVF follow the 576 feature dimensions, which the query weighs
-differently, so IVF needed a quarter of the cells scored for recall@10 0.97 at 50k items, where HNSW
-reached 0.998 at ef 128 in 0.4 ms.
+- "ivf" (default): `IndexIVFFlat`, the items split into `ann_nlist` k-means cells (~sqrt(N)); a query
+  scores the `ann_nprobe` nearest cells' items;
+- "hnsw": `IndexHNSWFlat`, a navigable small-world graph (`ann_m` links a node, built with
+  `ann_ef_construction`); a query walks it keeping the `ann_ef_search` best candidates.
+Chosen by measurement at 1M items on the served 640-wide vectors (bench/ann.py,
+bench/results/scale/ann.json): IVF (1000 cells) built in 31 s and reached recall@10 0.999 / 1.0 at
+nprobe 16 / 32; HNSW (M 16) took 1008 s to build and reached 0.94 / 0.966 at ef 256 / 512. (At 30-50k
+items with 1000 cells, ~40 items a cell, IVF's recall stayed near 0.9 where HNSW's passed 0.99; "auto"
+switches to the ANN index only from serving.ann_min_items = 200k items.)
 
 How a snapshot stays immutable while the follower applies changes (an LSM-like split, the way Milvus
 keeps a sealed segment beside a growing one):
@@ -51,7 +51,7 @@ TRAIN_ITERATIONS = 10
 
 @dataclass(frozen=True)
 class AnnParams:
-    kind: str = "hnsw"  # "hnsw" | "ivf"
+    kind: str = "ivf"  # "ivf" | "hnsw"
     m: int = 16  # HNSW: graph links per node
     ef_construction: int = 100  # HNSW: candidates kept while inserting
     ef_search: int = 512  # HNSW: candidates kept while searching (recall against speed)

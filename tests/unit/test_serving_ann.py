@@ -63,7 +63,7 @@ def test_recall_at_10_on_clustered_vectors_with_a_narrow_search(params):
 
 def test_upserts_and_deletes_are_in_the_next_snapshot_and_not_in_the_old_one():
     exact = exact_index(random_unit(500, 8, seed=4))
-    ann = AnnIndex.of(exact, AnnParams(ef_search=500, rebuild_fraction=0.5))
+    ann = AnnIndex.of(exact, AnnParams(kind="hnsw", ef_search=500, rebuild_fraction=0.5))
     q = torch.from_numpy(random_unit(1, 8, seed=5))
     top = ids_of(ann.search(q, [3], [set()]))[0]
     rows = [{"item_id": "new", "vector": q[0].numpy(), "written_at": 1e9},  # the best possible item
@@ -83,7 +83,7 @@ def test_upserts_and_deletes_are_in_the_next_snapshot_and_not_in_the_old_one():
 
 def test_many_changes_rebuild_the_base_and_search_stays_exact():
     exact = exact_index(random_unit(400, 8, seed=6))
-    ann = AnnIndex.of(exact, AnnParams(ef_search=400, rebuild_fraction=0.05))
+    ann = AnnIndex.of(exact, AnnParams(kind="ivf", nprobe=64, rebuild_fraction=0.05))  # every cell scored
     rows = [{"item_id": f"n{j}", "vector": v, "written_at": 5e8} for j, v in enumerate(random_unit(30, 8, seed=7))]
     new = ann.with_changes(rows, {"i0", "i1"})
     assert new.base is not ann.base and len(new.fresh) == 0 and not new.stale and new.base.ntotal == 428
@@ -103,5 +103,5 @@ def test_the_switch_exact_ann_auto():
     assert choose_index(empty, "ann", 0, p) is empty
     ivf = index_chooser(ServingSettings(index="ann", ann_kind="ivf", ann_nprobe=3, ann_nlist=5))(exact)
     assert ivf.base.nlist == 5 and ivf.base.nprobe == 3
-    hnsw = index_chooser(ServingSettings(index="ann", ann_m=8, ann_ef_search=33))(exact)
+    hnsw = index_chooser(ServingSettings(index="ann", ann_kind="hnsw", ann_m=8, ann_ef_search=33))(exact)
     assert hnsw.base.hnsw.efSearch == 33 and hnsw.base.ntotal == 300
