@@ -61,9 +61,11 @@ def test_recall_at_10_on_clustered_vectors_with_a_narrow_search(params):
     assert recall >= 0.95, recall  # ivf: 4 of 100 cells scored (1 cell: ~0.76); hnsw: 16 candidates
 
 
-def test_upserts_and_deletes_are_in_the_next_snapshot_and_not_in_the_old_one():
+@pytest.mark.parametrize("params", [AnnParams(kind="ivf", nprobe=64, rebuild_fraction=0.5),
+                                    AnnParams(kind="hnsw", ef_search=500, rebuild_fraction=0.5)], ids=["ivf", "hnsw"])  # fmt: skip
+def test_upserts_and_deletes_are_in_the_next_snapshot_and_not_in_the_old_one(params):
     exact = exact_index(random_unit(500, 8, seed=4))
-    ann = AnnIndex.of(exact, AnnParams(kind="hnsw", ef_search=500, rebuild_fraction=0.5))
+    ann = AnnIndex.of(exact, params)  # searching wide: the answers are the exact ones
     q = torch.from_numpy(random_unit(1, 8, seed=5))
     top = ids_of(ann.search(q, [3], [set()]))[0]
     rows = [{"item_id": "new", "vector": q[0].numpy(), "written_at": 1e9},  # the best possible item
