@@ -284,6 +284,20 @@ class ServingSettings(BaseModel):
     content_cache_items: int = 200_000  # raw content embeddings kept in memory (LRU)
     torch_threads: int = 1  # intra-op threads of the towers in the API process (0: torch's default)
     metrics_urls: list[str] = []  # the workers' /metrics pages, re-exported (job label) on the API's /metrics
+    # The memory path's top-K index (serving/ann.py): "exact" scores every item; "ann" a faiss index
+    # (inner product, full vectors) of ann_kind; "auto": ann from ann_min_items items on
+    # (bench/results/scale/ann.json has recall and latency at 1M items).
+    index: Literal["exact", "ann", "auto"] = "auto"
+    ann_min_items: int = 200_000
+    # ivf: k-means cells, built in 31 s at 1M x 640 (recall@10 1.0 at nprobe 32); hnsw: a graph, 1008 s (0.966 at ef 512)
+    ann_kind: Literal["ivf", "hnsw"] = "ivf"
+    ann_nlist: int = 0  # ivf: k-means cells (0: about sqrt(items))
+    ann_nprobe: int = 32  # ivf: cells scored per query (recall against speed)
+    ann_m: int = 16  # hnsw: graph links per node
+    ann_ef_construction: int = 100  # hnsw: candidates kept while inserting
+    ann_ef_search: int = 512  # hnsw: candidates kept while searching
+    ann_rebuild_fraction: float = 0.05  # rebuild the index once rewritten + deleted + new rows pass this share
+    ann_build_threads: int = 0  # threads of a (re)build on the follower's thread (0: all cores)
 
 
 class RegistrySettings(BaseModel):
