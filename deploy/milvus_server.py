@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from store.process import pid_alive
+
 GRPC_PORT = 19530  # the server's port inside its namespace (the wrapper's default)
 
 
@@ -242,16 +244,8 @@ async def _forward(listen_fd: int, target_port: int, watch_pid: int) -> None:
     sock = socket.socket(fileno=listen_fd)
     server = await asyncio.start_server(relay, sock=sock)
     async with server:
-        while _alive(watch_pid):  # the namespace's server went away: so does its door
+        while pid_alive(watch_pid):  # the namespace's server went away: so does its door
             await asyncio.sleep(0.5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from store.process import pid_alive
 from store.registry import ITEMS_PREFIX, items_collection  # noqa: F401 - the naming rule lives with the versions
 
 log = logging.getLogger(__name__)
@@ -95,16 +96,6 @@ def _quiet_unimplemented(record: logging.LogRecord) -> bool:
     """milvus-lite lacks AllocTimestamp, which pymilvus calls (and survives) after creating an index:
     drop the server's traceback for it."""
     return "Method not implemented" not in record.getMessage() and "AllocTimestamp" not in str(record.exc_info)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class VectorStore:
@@ -213,7 +204,7 @@ class VectorStore:
             info = json.loads((path / ENDPOINT_FILE).read_text())
         except (FileNotFoundError, ValueError):
             return None  # the host has not written it yet
-        return info["uri"] if _pid_alive(int(info["pid"])) else None
+        return info["uri"] if pid_alive(int(info["pid"])) else None
 
     def _stop_hosting(self, path: Path | None = None) -> None:
         if self._server is None:
