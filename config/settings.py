@@ -250,6 +250,9 @@ class TrainerSettings(BaseModel):
     # "mid_vectors") so a test can kill the trainer there. Off by default.
     pause_at: str = ""
     pause_s: float = 0.0
+    # With model.history_knn_blend: the kNN weight and history penalty are chosen after each window's
+    # training on at most this many of its held-out events (a random sample; each costs a grid of rankings)
+    blend_examples: int = 500
 
 
 class ServingSettings(BaseModel):
