@@ -216,7 +216,7 @@ class ModelSettings(BaseModel):
     n_heads: int = 2
     d_out: int = 64
     dropout: float = 0.2
-    item_tower: Literal["a", "b", "c"] = "a"  # trainer/towers.py ITEM_TOWERS
+    item_tower: str = "a"  # a variant's name in trainer/towers.py ITEM_TOWERS, the one list (checked there)
     use_id_embedding: bool = False
     # full_softmax: best on validation NDCG@10 (trainer/offline.py's docstring has the numbers)
     loss: Literal["dense_all_action", "dense_full", "in_batch", "full_softmax"] = "full_softmax"
@@ -266,6 +266,9 @@ class TrainerSettings(BaseModel):
     # "mid_vectors") so a test can kill the trainer there. Off by default.
     pause_at: str = ""
     pause_s: float = 0.0
+    # With model.history_knn_blend: the kNN weight and history penalty are chosen after each window's
+    # training on at most this many of its held-out events (a random sample; each costs a grid of rankings)
+    blend_examples: int = 500
 
 
 class ServingSettings(BaseModel):

@@ -197,7 +197,7 @@ def train(
     data_format: str = FormatOption,
     prefix: str = PrefixOption,
     encoder: Optional[str] = typer.Option(None, help="smollm2 | minilm | a local HF path (default: settings)."),
-    item_tower: Optional[str] = typer.Option(None, help="LEARN item tower: a | b | c (default: settings)."),
+    item_tower: Optional[str] = typer.Option(None, help="LEARN item tower: a variant in trainer/towers.py ITEM_TOWERS (default: settings)."),
     model: str = typer.Option("learn", help="learn | zero-training | popularity"),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: settings.model.seed)."),
     users: Optional[int] = typer.Option(None, help="Train/evaluate on a random subset of N users."),
@@ -218,6 +218,7 @@ def train(
 
     from streams.datasets import DatasetError
     from trainer.offline import train_cli
+    from trainer.towers import UnknownItemTower
 
     if model not in ("learn", "zero-training", "popularity"):
         _fail(f"unknown model {model!r}: choose learn, zero-training or popularity")
@@ -225,7 +226,7 @@ def train(
         train_cli(_settings(data_dir), data or dataset or "amazon-scientific-unisrec", encoder, item_tower, model,
                   seed, users, loss, whiten, epochs, run_dir, progress, threads=threads, dense_weight=dense_weight,
                   data_format=data_format, prefix=prefix)  # fmt: skip
-    except (DatasetError, ValidationError) as e:
+    except (DatasetError, ValidationError, UnknownItemTower) as e:
         _fail(str(e))
 
 
@@ -244,9 +245,14 @@ def trainer(
 
     from store.vectors import open_store
     from trainer.incremental import IncrementalTrainer
+    from trainer.towers import UnknownItemTower, item_tower_class
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     s = _settings(data_dir)
+    try:
+        item_tower_class(s.model.item_tower)
+    except UnknownItemTower as e:
+        _fail(str(e))
     with open_store(s) as vectors:
         t = IncrementalTrainer(s, vectors)
         for r in t.run(poll_s=s.trainer.poll_s, max_windows=max_windows, idle_exit_s=idle_exit_s):

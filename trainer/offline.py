@@ -66,7 +66,7 @@ from trainer.checkpoint import save_checkpoint
 from trainer.data import RecData, load_source
 from trainer.evaluation import evaluate_both_protocols
 from trainer.history import choose_knn_blend
-from trainer.towers import LEARN, Features, TowerConfig, pad_sequences
+from trainer.towers import LEARN, Features, TowerConfig, item_tower_class, pad_sequences
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +384,7 @@ def train_cli(
                  "dense_weight": dense_weight}  # fmt: skip
     ms = settings.model.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     ms = ModelSettings.model_validate(ms.model_dump())  # re-validate the overridden values
+    item_tower_class(ms.item_tower)  # an unknown variant fails here, before anything loads
     enc = settings.encoder.model_copy(update={"model": encoder} if encoder else {})
     s = settings.model_copy(update={"model": ms, "encoder": enc})
     if model not in MODELS:
