@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "results" / "scale" / "ddp.json"
-RUNS = ROOT / "runs" / "ddp-bench"
+OUT = Path(os.environ.get("LEARN_BENCH_OUT", ROOT / "bench" / "results" / "scale" / "ddp.json"))
+RUNS = Path(os.environ.get("LEARN_BENCH_RUNS", ROOT / "runs" / "ddp-bench"))
 SEED = 2024
 PLAN = {1: ["--threads", "2"], 2: ["--nproc", "2"]}  # world size -> the options of its command
 
@@ -39,6 +39,11 @@ def command(world: int, epochs: int | None) -> list[str]:
     cap = ["--epochs", str(epochs)] if epochs else []
     return ["learn", "train", "--seed", str(SEED), *cap, *PLAN[world], "--run-dir", str(RUNS / f"ranks-{world}"),
             "--no-progress"]  # fmt: skip
+
+
+def overlapping(env: dict) -> str | None:
+    """A note when the caller says another run shared the cores (LEARN_BENCH_NOTE)."""
+    return env.get("LEARN_BENCH_NOTE") or None
 
 
 def environment() -> dict:
@@ -64,7 +69,8 @@ def run_one(world: int, epochs: int | None) -> dict:
         "valid_ndcg10": res["valid_metrics"]["ndcg@10"], "test_ndcg10": res["metrics"]["ndcg@10"],
         "valid_curve_ndcg10": [c["valid_ndcg@10"] for c in res["curve"]], "distributed": res["distributed"],
         "encoder": res["encoder"], "encode": res["encode"], "peak_rss_mb_rank0": res["peak_rss_mb"],
-        "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
+        "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "note": overlapping(os.environ),
+        "started": time.strftime("%H:%M:%S", time.localtime(time.time() - wall)), "ended": time.strftime("%H:%M:%S"),
     }  # fmt: skip
 
 
@@ -85,6 +91,7 @@ def summary(record: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=None, help="cap max_epochs for both runs (default: the settings')")
+    ap.add_argument("--only", type=int, choices=sorted(PLAN), help="run only this world size's run")
     args = ap.parse_args()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     record = json.loads(OUT.read_text()) if OUT.exists() else {}
@@ -95,12 +102,15 @@ def main() -> None:
                           + (f" --epochs {args.epochs}" if args.epochs else ""))  # fmt: skip
     record.setdefault("load_avg", {"before": os.getloadavg()})
     t0 = time.perf_counter()
-    for world in PLAN:
+    for world in [args.only] if args.only else PLAN:
         if str(world) in record["runs"]:
             print(f"ranks {world}: done already ({OUT})")
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {' '.join(command(world, args.epochs))}", flush=True)
-        record["runs"][str(world)] = r = run_one(world, args.epochs)
+        r = run_one(world, args.epochs)
+        if OUT.exists():  # another invocation (--only) may have finished a run meanwhile
+            record["runs"] = {**json.loads(OUT.read_text()).get("runs", {}), **record["runs"]}
+        record["runs"][str(world)] = r
         record["wall_s"] = record.get("wall_s", 0.0) + time.perf_counter() - t0
         t0 = time.perf_counter()
         record["load_avg"]["after"] = os.getloadavg()
