@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from config import Settings
-from store.registry import ModelRegistry, Version
+from store.registry import Version, open_registry
 from store.state import Entry, PartitionState
 from store.titles import write_titles
 from store.vectors import CONTENT, VectorStore
@@ -63,7 +63,7 @@ def publish_version(settings: Settings, store: VectorStore, ids: Sequence[str], 
     torch.manual_seed(seed)
     raw = np.ascontiguousarray(content, np.float32)
     model = LEARN(TowerConfig.from_settings(settings.model, len(ids), raw.shape[1]), torch.from_numpy(raw)).eval()
-    publisher = Publisher(ModelRegistry(settings.registry_path), store, settings.trainer.keep_versions)
+    publisher = Publisher(open_registry(settings), store, settings.trainer.keep_versions)
     return publisher.publish(model, ids, raw, {"source": "seed", "seed": seed}, promote)
 
 

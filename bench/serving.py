@@ -48,7 +48,7 @@ from deploy.stack import settings_env  # noqa: E402
 from serving.api import command  # noqa: E402
 from serving.index import load_index  # noqa: E402
 from serving.recommend import user_vectors  # noqa: E402
-from store.registry import ModelRegistry  # noqa: E402
+from store.registry import open_registry  # noqa: E402
 from store.vectors import CONTENT, VectorStore  # noqa: E402
 from trainer.checkpoint import load_checkpoint  # noqa: E402
 
@@ -119,7 +119,7 @@ def seed_size(size: str, root: Path, base: Settings):
     else:
         d = 576
         ids, content, titles, sequences, source = synthetic_catalogue(100_000, 20_000, d)
-    if not (meta_path.exists() and ModelRegistry(s.registry_path).current() is not None):
+    if not (meta_path.exists() and open_registry(s).current() is not None):
         shutil.rmtree(data_dir, ignore_errors=True)
         data_dir.mkdir(parents=True)
         store = VectorStore(s.vector_uri).open()
@@ -204,7 +204,7 @@ def measure_search(s: Settings, store: VectorStore, sequences: dict, content: np
                    n_memory: int, n_plain: int) -> tuple[dict, dict]:  # fmt: skip
     """The search alone for one query: the in-memory index vs one store call (bench process, 1 thread)."""
     torch.set_num_threads(1)
-    version = ModelRegistry(s.registry_path).current()
+    version = open_registry(s).current()
     tower = load_checkpoint(version.path)[0]  # the served model: its encode_users is the user tower
     row = {i: r for r, i in enumerate(ids)}
     users = random.Random(2).sample(sorted(sequences), 200)

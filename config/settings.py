@@ -107,6 +107,14 @@ class TopicSettings(BaseModel):
     def interactions_repartition_topic(self) -> str:
         return self.interactions_repartition or f"{self.interactions}.repartition"
 
+    # The state's changelog (compacted; partition p = state partition p; store/changelog.py). Empty:
+    # "<interactions>.changelog".
+    changelog: str = ""
+
+    @property
+    def changelog_topic(self) -> str:
+        return self.changelog or f"{self.interactions}.changelog"
+
     # ---- a real cluster: copies of each partition, and how many must acknowledge a write (acks=all).
     # The embedded broker has one node: 1 and 0 (0: leave min.insync.replicas to the broker's default).
     replication_factor: int = Field(1, ge=1)
@@ -144,6 +152,8 @@ class WorkerSettings(BaseModel):
     # record applied last still in the broker's log?): a broker need not report a position beyond
     # its log (Tansu answers with no records), so an idle partition is probed.
     regression_probe_s: float = 5.0
+    # A restore from the changelog that reads nothing for this long stops the worker (broker away).
+    restore_timeout_s: float = 60.0
 
 
 class EncoderSettings(BaseModel):
@@ -182,6 +192,12 @@ class StateSettings(BaseModel):
     allowed_lateness_s: float = 3600.0
     # Users changed per event-time slot are recorded at this resolution; trainer windows are whole slots.
     slot_s: float = 10.0
+    # The interaction worker writes each batch's changed sequences to the changelog topic and restores
+    # a missing or stale partition database from it on assignment (store/changelog.py).
+    changelog: bool = True
+    # How the API and the trainer read the state: "secondary" opens the workers' databases under
+    # data_dir (same machine); "changelog" keeps a replica under data_dir/replica from the changelog.
+    reader: Literal["secondary", "changelog"] = "secondary"
 
 
 class VectorSettings(BaseModel):
@@ -268,6 +284,65 @@ class ServingSettings(BaseModel):
     content_cache_items: int = 200_000  # raw content embeddings kept in memory (LRU)
     torch_threads: int = 1  # intra-op threads of the towers in the API process (0: torch's default)
     metrics_urls: list[str] = []  # the workers' /metrics pages, re-exported (job label) on the API's /metrics
+    # The memory path's top-K index (serving/ann.py): "exact" scores every item; "ann" a faiss index
+    # (inner product, full vectors) of ann_kind; "auto": ann from ann_min_items items on
+    # (bench/results/scale/ann.json has recall and latency at 1M items).
+    index: Literal["exact", "ann", "auto"] = "auto"
+    ann_min_items: int = 200_000
+    # ivf: k-means cells, built in 31 s at 1M x 640 (recall@10 1.0 at nprobe 32); hnsw: a graph, 1008 s (0.966 at ef 512)
+    ann_kind: Literal["ivf", "hnsw"] = "ivf"
+    ann_nlist: int = 0  # ivf: k-means cells (0: about sqrt(items))
+    ann_nprobe: int = 32  # ivf: cells scored per query (recall against speed)
+    ann_m: int = 16  # hnsw: graph links per node
+    ann_ef_construction: int = 100  # hnsw: candidates kept while inserting
+    ann_ef_search: int = 512  # hnsw: candidates kept while searching
+    ann_rebuild_fraction: float = 0.05  # rebuild the index once rewritten + deleted + new rows pass this share
+    ann_build_threads: int = 0  # threads of a (re)build on the follower's thread (0: all cores)
+
+
+class RegistrySettings(BaseModel):
+    """The model registry (store/registry.py): a local folder by default, or an S3 bucket any machine
+    can read (`uri = "s3://bucket/prefix"`; store/s3_registry.py), whose versions each reader
+    downloads into `cache_dir` before use."""
+
+    uri: str = ""  # empty: <data_dir>/registry; a folder path; or s3://bucket/prefix
+    s3_endpoint_url: str = ""  # empty: AWS's own; the local server: http://127.0.0.1:<port>
+    # Empty key and secret: boto3's own lookup (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws,
+    # an instance role). Plain str, like broker.sasl_password (LEARN_REGISTRY__S3_SECRET_KEY).
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_region: str = "us-east-1"
+    cache_dir: Path | None = None  # S3 only: downloaded versions; None: <data_dir>/registry-cache
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if "://" in v and not v.startswith("s3://"):
+            raise ValueError(f"registry.uri {v!r}: a folder path or s3://bucket/prefix")
+        if v.startswith("s3://") and not v[5:].split("/")[0]:
+            raise ValueError(f"registry.uri {v!r} names no bucket (s3://bucket/prefix)")
+        return v
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+
+class ProcessSettings(BaseModel):
+    """How many processes `learn up` runs per stage on this machine (deploy/supervisor.py), and
+    whether it runs the Milvus server for the vector store."""
+
+    # Each encoder / interaction worker is one member of its stage's consumer group: at most one per
+    # partition of its input topic (topics.partitions), or the extra ones would idle.
+    encoder_workers: int = Field(1, ge=1)
+    interaction_workers: int = Field(1, ge=1)
+    # API replica i listens on serving.port + i; every replica follows the registry on its own.
+    api_replicas: int = Field(1, ge=1)
+    # Run a Milvus 2.3.5 server (deploy/milvus_server.py, private network namespace) as a program of
+    # `learn up` and point vectors.uri at http://127.0.0.1:<milvus_port> (only when vectors.uri is empty).
+    # Off: the milvus-lite file, which N encoder workers share through its host (store/vectors.py).
+    milvus_server: bool = False
+    milvus_port: int = 19540
 
 
 class DatasetSettings(BaseModel):
@@ -317,6 +392,8 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     trainer: TrainerSettings = TrainerSettings()
     serving: ServingSettings = ServingSettings()
+    registry: RegistrySettings = RegistrySettings()
+    processes: ProcessSettings = ProcessSettings()
     # Datasets by name (the built-in two are always there; a TOML table adds or overrides one).
     datasets: dict[str, DatasetSettings] = dict(BUILTIN_DATASETS)
 
@@ -355,7 +432,14 @@ class Settings(BaseSettings):
 
     @property
     def registry_path(self) -> Path:
-        return self.data_dir / "registry"
+        """The folder registry's root (`registry.uri` when it is a path); an S3 registry has none."""
+        r = self.registry
+        return Path(r.uri) if r.uri and not r.is_s3 else self.data_dir / "registry"
+
+    @property
+    def registry_cache_path(self) -> Path:
+        """Where an S3 registry's readers keep the versions they downloaded."""
+        return self.registry.cache_dir or self.data_dir / "registry-cache"
 
     @property
     def titles_path(self) -> Path:

@@ -35,7 +35,8 @@ Port = typer.Option(None, help="Broker port on 127.0.0.1 (default: settings.brok
 @app.command()
 def up(data_dir: Optional[Path] = DataDir, port: Optional[int] = Port) -> None:
     """Start the whole stack in the background under supervisord (S3 server + broker, topics, encoder
-    worker, interaction worker, trainer, API), each restarted if it dies; a second `up` starts nothing twice."""
+    workers, interaction workers, trainer, API replicas: `processes.*` says how many), each restarted if
+    it dies; a second `up` starts nothing twice."""
     from deploy.broker import BrokerError
     from deploy.supervisor import SupervisorError, health
     from deploy.supervisor import up as stack_up
@@ -282,31 +283,38 @@ def model_list(data_dir: Optional[Path] = DataDir) -> None:
     """The published versions, newest last; * marks the one serving uses."""
     from rich.table import Table
 
-    from store.registry import ModelRegistry
+    from store.registry import RegistryUnavailable, open_registry
 
     s = _settings(data_dir)
-    reg = ModelRegistry(s.registry_path)
-    current = reg.current()
     table = Table("", "version", "window end", "items", "prequential NDCG@10", "holdout NDCG@10", "complete")
-    for v in reg.versions():
-        c = v.config
-        m = c.get("metrics", {})
-        end = f"{c['window']['end']:.0f}" if "window" in c else c.get("source", "-")  # offline: no window
-        table.add_row("*" if current and current.name == v.name else "", v.name, end,
-                      str(c.get("items")), f"{m.get('prequential', {}).get('ndcg@10', float('nan')):.4f}",
-                      f"{m.get('holdout_candidate', {}).get('ndcg@10', float('nan')):.4f}", str(v.published))  # fmt: skip
+    try:
+        reg = open_registry(s)
+        current = reg.current()
+        for v in reg.versions():
+            try:
+                c = v.config
+            except KeyError:  # an S3 version still uploading: no config.json yet
+                c = {}
+            m = c.get("metrics", {})
+            end = f"{c['window']['end']:.0f}" if "window" in c else c.get("source", "-")  # offline: no window
+            table.add_row("*" if current and current.name == v.name else "", v.name, end,
+                          str(c.get("items")), f"{m.get('prequential', {}).get('ndcg@10', float('nan')):.4f}",
+                          f"{m.get('holdout_candidate', {}).get('ndcg@10', float('nan')):.4f}", str(v.published))  # fmt: skip
+    except (RegistryUnavailable, ValueError) as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1)
     console.print(table)
 
 
 @model_app.command("rollback")
 def model_rollback(version: str, data_dir: Optional[Path] = DataDir) -> None:
     """Point serving at an earlier complete VERSION (atomic)."""
-    from store.registry import ModelRegistry
+    from store.registry import RegistryUnavailable, open_registry
 
     s = _settings(data_dir)
     try:
-        v = ModelRegistry(s.registry_path).promote(version)
-    except (KeyError, ValueError) as e:
+        v = open_registry(s).promote(version)
+    except (KeyError, ValueError, RegistryUnavailable) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1)
     console.print(f"serving now uses {v.name} (collection {v.collection})")
@@ -319,15 +327,15 @@ def model_publish(
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """Publish a model trained offline as the next version, over the live catalogue's content vectors."""
-    from store.registry import ModelRegistry
+    from store.registry import RegistryUnavailable, open_registry
     from store.vectors import VectorStore
     from trainer.publish import publish_run
 
     s = _settings(data_dir)
     try:
         with VectorStore(s.vector_uri, s.vectors.token) as store:
-            v = publish_run(run_dir, ModelRegistry(s.registry_path), store, promote, s.trainer.keep_versions)
-    except (FileNotFoundError, RuntimeError, ValueError) as e:
+            v = publish_run(run_dir, open_registry(s), store, promote, s.trainer.keep_versions)
+    except (FileNotFoundError, RuntimeError, ValueError, RegistryUnavailable) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1)
     state = "serving now uses it" if promote else "not promoted (learn model rollback to serve it)"

@@ -38,6 +38,7 @@ from deploy.stack import Stack, settings_env
 from serving.api import command as api_command
 from serving.client import ApiError, fetch_recommendations
 from store.state import StateReader
+from streams.kafka_options import client_options
 from store.vectors import CONTENT, VectorStore
 from streams.datasets import UNISREC, DatasetSource, read_source, resolve, subsample
 from streams.producer import EventProducer
@@ -110,7 +111,7 @@ def _f(x, digits: int = 4) -> str:
 
 def count_topic(settings: Settings, topic: str, expected: int, timeout_s: float = 20.0) -> int:
     """Records on a topic, read with a plain consumer (no group) until `expected` or timeout."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.broker.bootstrap, group_id=None,
+    consumer = KafkaConsumer(topic, **client_options(settings.broker, "kafka-python"), group_id=None,
                              auto_offset_reset="earliest", consumer_timeout_ms=int(timeout_s * 1000))  # fmt: skip
     n = 0
     for _ in consumer:

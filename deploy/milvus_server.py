@@ -21,7 +21,8 @@ directory and survives a restart; after a restart collections are released until
 (store/vectors.py loads them). Needs root (or CAP_SYS_ADMIN) for the namespace: `start()` raises
 `MilvusServerError` with the reason when it cannot, and callers (the test fixture) skip on it.
 
-`python -m deploy.milvus_server run DIR` starts one and prints its URI until Ctrl-C;
+`python -m deploy.milvus_server run DIR [--port P]` starts one and prints its URI until Ctrl-C (SIGINT;
+`learn up` runs it so with `processes.milvus_server`);
 `python -m deploy.milvus_server forward ...` is the forwarder (started by `start()`).
 """
 
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="start a server on DIR and print its URI until Ctrl-C")
     run.add_argument("data_dir", type=Path)
+    run.add_argument("--port", type=int, default=0, help="the loopback port clients use (0: a free one)")
     fwd = sub.add_parser("forward", help="(internal) relay an inherited listening socket to the server")
     fwd.add_argument("--fd", type=int, required=True)
     fwd.add_argument("--target-port", type=int, default=GRPC_PORT)
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cmd == "forward":
         asyncio.run(_forward(args.fd, args.target_port, args.watch_pid))
         return
-    with start(args.data_dir) as server:
+    with start(args.data_dir, port=args.port) as server:
         print(f"Milvus {server.uri} (data {server.data_dir}); Ctrl-C stops it", flush=True)
         try:
             server.wrapper.wait()

@@ -20,7 +20,8 @@ the object's folder and renamed into place (nanio fsyncs it first; localbucket d
   SIGKILLs of Tansu while one producer sent; `bench.broker_kills`). Two concurrent produces to one
   partition could likewise both win the same offsets (measured: 900 of 1,200 records lost with 4
   concurrent producers, no kill). Here a PUT's conditions are checked and the object written under
-  a lock (one per key stripe: the server runs one worker process), else 412.
+  a lock (one per key stripe: the server runs one worker process), else 412. The refused request's body
+  is read first: left unread on a keep-alive connection, it was parsed as the next request (400).
 - nanio writes an object's file, then its metadata sidecar (size, etag); a GET between the two sends
   the new file cut to the old size (Tansu, re-reading `meta.json` after a 412: "EOF while parsing",
   the produce fails). Here GET and HEAD take the same lock and read the whole object under it.
@@ -93,7 +94,8 @@ def conditional_put(put_object):
                 except NoSuchKey:
                     current = None
                 if not precondition_holds(if_match, if_none_match, current):
-                    raise PreconditionFailed()
+                    await request.body()  # read it: left on a keep-alive connection, it is parsed as
+                    raise PreconditionFailed()  # the next request, which then fails with 400
             return await put_object(request, bucket, key)
 
     return put

@@ -1,7 +1,12 @@
 """`learn up` / `learn down` / `learn status`: the whole stack in the background under supervisord.
 
 Programs, in start order: the S3 server and Tansu (the embedded broker, none if it is external), the
-encoder worker, the interaction worker, the incremental trainer and the query API. supervisord
+Milvus server if `processes.milvus_server`, the encoder workers, the interaction workers, the
+incremental trainer and the query API replicas. `processes.{encoder,interaction}_workers` and
+`processes.api_replicas` say how many of each (instance 0 is named after its stage, "encoder", the
+next "encoder-1", ...; each has its own log, web port and, for an API replica, HTTP port
+`serving.port + i`). Workers of a stage share one consumer group, so Kafka spreads the partitions
+over them and moves them when one dies or joins; `up` refuses more workers than partitions. supervisord
 (PyPI `supervisor`) restarts any of them that exits, whatever the signal: one that dies right after
 starting is retried with a growing delay (1 s, 2 s, ...), one that ran at least `START_SECS` is
 restarted at once. A harness may therefore SIGKILL any program's pid and wait for its new one.
@@ -29,7 +34,7 @@ import httpx
 from config import Settings
 from deploy.broker import BrokerError, Program, broker_programs, for_storage, port_open, prepare_storage
 from deploy.stack import WORKERS, settings_env, worker_command
-from streams.topics import ensure_topics, topic_specs
+from streams.topics import ensure_topics, partition_counts, topic_specs
 
 START_SECS = 3  # a program that lives this long counts as started (then a crash restarts it at once)
 START_RETRIES = 1000  # quick deaths in a row before supervisord gives up on a program (state FATAL)
@@ -42,15 +47,52 @@ class SupervisorError(RuntimeError):
 
 
 # ---- what runs (pure) ----------------------------------------------------------------------------
+def instance_name(stage: str, i: int) -> str:
+    """Instance i of a stage: the first keeps the stage's name ("encoder"), the next are "encoder-1", ..."""
+    return stage if i == 0 else f"{stage}-{i}"
+
+
+def stage_of(name: str) -> str:
+    """The stage of an instance name ("encoder-1" -> "encoder"; "s3" -> "s3")."""
+    base, _, n = name.rpartition("-")
+    return base if base and n.isdigit() else name
+
+
+def instance_counts(settings: Settings) -> dict[str, int]:
+    """Processes per scaled stage (settings.processes)."""
+    p = settings.processes
+    return {"encoder": p.encoder_workers, "interactions": p.interaction_workers, "api": p.api_replicas}
+
+
 def worker_ports(settings: Settings) -> dict[str, int]:
-    """Each faust worker's web port: `worker.web_port` for the interaction worker, the next for the encoder."""
-    return {"interactions": settings.worker.web_port, "encoder": settings.worker.web_port + 1}
+    """Each faust worker instance's web port: interaction worker i on `worker.web_port + 2i`, encoder
+    worker i on `worker.web_port + 2i + 1` (one of each: web_port and the next, as before)."""
+    base, n = settings.worker.web_port, instance_counts(settings)
+    ports = {instance_name("interactions", i): base + 2 * i for i in range(n["interactions"])}
+    ports |= {instance_name("encoder", i): base + 2 * i + 1 for i in range(n["encoder"])}
+    return ports
+
+
+def api_ports(settings: Settings) -> dict[str, int]:
+    """API replica i listens on `serving.port + i`."""
+    return {instance_name("api", i): settings.serving.port + i for i in range(settings.processes.api_replicas)}
+
+
+def milvus_uri(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.processes.milvus_port}"
+
+
+def runs_milvus(settings: Settings) -> bool:
+    """`learn up` runs the Milvus server: asked for, and no other vector store named by URI."""
+    return settings.processes.milvus_server and settings.vectors.uri in ("", milvus_uri(settings))
 
 
 def stack_settings(settings: Settings) -> Settings:
-    """The settings every program gets: the fetch wait the broker's storage needs (`for_storage`), and
-    the API re-exporting the workers' /metrics pages."""
+    """The settings every program gets: the fetch wait the broker's storage needs (`for_storage`), the
+    API re-exporting every worker's /metrics page, and vectors.uri on the Milvus server `learn up` runs."""
     settings = for_storage(settings)
+    if runs_milvus(settings):
+        settings = settings.model_copy(update={"vectors": settings.vectors.model_copy(update={"uri": milvus_uri(settings)})})
     if settings.serving.metrics_urls:
         return settings
     w = settings.worker
@@ -58,30 +100,67 @@ def stack_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"serving": settings.serving.model_copy(update={"metrics_urls": urls})})
 
 
+def partition_errors(settings: Settings, counts: dict[str, int] | None = None) -> list[str]:
+    """Why the topics cannot feed the workers: a stage with more workers than its input topic has
+    partitions (`counts`: the broker's partition counts; None: the configured `topics.partitions`).
+    Partitions are never added here: the interaction state is placed by user id modulo the count."""
+    t, p = settings.topics, settings.processes
+    need = {t.items: ("encoder_workers", p.encoder_workers), t.interactions: ("interaction_workers", p.interaction_workers)}
+    errors = []
+    for topic, (field, workers) in need.items():
+        have = t.partitions if counts is None else counts.get(topic, t.partitions)
+        if workers > have:
+            errors.append(f"processes.{field} = {workers} but topic {topic!r} has {have} partitions: "
+                          f"at most one worker per partition (raise topics.partitions before the topics are created)")  # fmt: skip
+    return errors
+
+
+def milvus_program(settings: Settings) -> Program:
+    """The Milvus server (deploy/milvus_server.py `run`) on <data_dir>/milvus, forwarded to milvus_port."""
+    command = [sys.executable, "-m", "deploy.milvus_server", "run", str(settings.data_dir / "milvus"),
+               "--port", str(settings.processes.milvus_port)]  # fmt: skip
+    return Program("milvus", command, {}, "127.0.0.1", settings.processes.milvus_port)
+
+
 def stack_programs(settings: Settings) -> list[Program]:
-    """Every long-running process of `learn up`, in start order."""
+    """Every long-running process of `learn up`, in start order (N instances of a scaled stage)."""
     host, ports = settings.worker.web_host, worker_ports(settings)
-    workers = [Program(name, worker_command(WORKERS[name], host, ports[name]), {}, host, ports[name],
-                       f"http://{host}:{ports[name]}/counts") for name in ("encoder", "interactions")]  # fmt: skip
+    n = instance_counts(settings)
+    workers = [Program(name, worker_command(WORKERS[stage], host, ports[name]), {}, host, ports[name],
+                       f"http://{host}:{ports[name]}/counts")
+               for stage in ("encoder", "interactions") for name in map(lambda i: instance_name(stage, i), range(n[stage]))]  # fmt: skip
     sv = settings.serving
+    apis = [Program(name, [sys.executable, "-m", "serving.api"], _serving_env(settings, port), sv.host, port,
+                    f"http://{sv.host}:{port}/ready") for name, port in api_ports(settings).items()]  # fmt: skip
     return [
         *broker_programs(settings),
+        *([milvus_program(settings)] if runs_milvus(settings) else []),
         *workers,
         Program("trainer", [sys.executable, "-m", "deploy.cli", "trainer"]),
-        Program("api", [sys.executable, "-m", "serving.api"], {}, sv.host, sv.port, f"http://{sv.host}:{sv.port}/ready"),
+        *apis,
     ]  # fmt: skip
+
+
+def _serving_env(settings: Settings, port: int) -> dict[str, str]:
+    """An API replica's own port over every program's serving section (pydantic-settings merges a
+    nested LEARN_SERVING__PORT into the LEARN_SERVING JSON)."""
+    return {} if port == settings.serving.port else {"LEARN_SERVING__PORT": str(port)}
 
 
 def _quote(value: str) -> str:
     return value.replace("%", "%%")  # supervisord expands %(name)s in its values
 
 
-# The programs' names in start order (stack_programs); `learn down` stops them in reverse.
+# The programs' names in start order with one process per stage (stack_programs); `learn down`
+# stops them in reverse, stage by stage (STAGES: also the optional Milvus server).
 START_ORDER = ("s3", "broker", "encoder", "interactions", "trainer", "api")
+STAGES = ("s3", "broker", "milvus", "encoder", "interactions", "trainer", "api")
+STOP_SIGNALS = {"milvus": "INT"}  # the Milvus wrapper ignores SIGTERM (deploy/milvus_server.py)
 
 
 def stop_rank(name: str) -> int:
-    return -START_ORDER.index(name) if name in START_ORDER else -len(START_ORDER)
+    stage = stage_of(name)
+    return -STAGES.index(stage) if stage in STAGES else -len(STAGES)
 
 
 def supervisor_conf(programs: list[Program], run_dir: Path, cwd: Path) -> str:
@@ -105,7 +184,7 @@ def supervisor_conf(programs: list[Program], run_dir: Path, cwd: Path) -> str:
             f"priority={10 * (i + 1)}",  # stopped in reverse: workers first, the broker, the S3 server last
             "autostart=false", "autorestart=true",
             f"startsecs={START_SECS}", f"startretries={START_RETRIES}",
-            "stopsignal=TERM", f"stopwaitsecs={STOP_WAIT_S}", "stopasgroup=true", "killasgroup=true",
+            f"stopsignal={STOP_SIGNALS.get(p.name, 'TERM')}", f"stopwaitsecs={STOP_WAIT_S}", "stopasgroup=true", "killasgroup=true",
             "redirect_stderr=true", f"stdout_logfile={_quote(str(run_dir / (p.name + '.log')))}",
             "stdout_logfile_maxbytes=20MB", "stdout_logfile_backups=2",
         ]  # fmt: skip
@@ -188,15 +267,46 @@ def wait_ready(program: Program, run_dir: Path, timeout_s: float) -> None:
         if info["statename"] == "FATAL":
             raise SupervisorError(f"{program.name} keeps exiting; see {run_dir / (program.name + '.log')}")
         if info["statename"] == "RUNNING" and (program.port is None or port_open(program.host, program.port)):
-            if program.ready_url is None:
+            if _answers(program):
                 return
-            try:
-                if httpx.get(program.ready_url, timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
         time.sleep(0.2)
     raise SupervisorError(f"{program.name} was not ready within {timeout_s:.0f}s; see {run_dir / (program.name + '.log')}")
+
+
+def _answers(program: Program) -> bool:
+    """The program serves: its ready URL answers 200; the Milvus server lists its collections (its
+    forwarder accepts connections before the server behind it is up)."""
+    if program.name == "milvus":
+        from pymilvus import MilvusClient
+
+        try:
+            client = MilvusClient(uri=f"http://{program.host}:{program.port}", timeout=5.0)
+            try:
+                client.list_collections()
+                return True
+            finally:
+                client.close()
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+    if program.ready_url is None:
+        return True
+    try:
+        return httpx.get(program.ready_url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def check_can_run(settings: Settings) -> None:
+    """Refuse, with the reason, a configuration that cannot run here (before anything starts)."""
+    errors = partition_errors(settings)
+    if runs_milvus(settings):
+        from deploy.milvus_server import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason:
+            errors.append(f"processes.milvus_server is on but the Milvus server cannot run here: {reason}")
+    if errors:
+        raise SupervisorError("; ".join(errors))
 
 
 @dataclass
@@ -211,6 +321,7 @@ class UpReport:
 def up(settings: Settings, run_dir: Path, ready_timeout_s: float = 300.0) -> UpReport:
     """Start what is not running yet, in order, each ready before the next; idempotent."""
     s = stack_settings(settings)
+    check_can_run(s)
     programs = stack_programs(s)
     pid = supervisord_pid(run_dir)
     fresh = pid is None
@@ -224,8 +335,11 @@ def up(settings: Settings, run_dir: Path, ready_timeout_s: float = 300.0) -> UpR
     sup = rpc(run_dir)
     started, running, topics = [], [], None
     for p in programs:
-        if p.name in WORKERS and topics is None:  # the broker is ready: topics before any worker
+        if stage_of(p.name) in WORKERS and topics is None:  # the broker is ready: topics before any worker
             topics = ensure_topics(s.broker.bootstrap, topic_specs(s))
+            errors = partition_errors(s, partition_counts(s.broker, [s.topics.items, s.topics.interactions]))
+            if errors:  # topics that existed with fewer partitions
+                raise SupervisorError("; ".join(errors))
         state = sup.getProcessInfo(p.name)["statename"]
         if state in ("RUNNING", "STARTING", "BACKOFF"):
             running.append(p.name)

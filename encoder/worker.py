@@ -57,7 +57,7 @@ from config import Settings, load_settings
 from encoder.content import ContentEncoder
 from encoder.item_tower import ItemTower
 from encoder.prompt import build_prompt
-from store.registry import ModelRegistry
+from store.registry import open_registry
 from store.titles import write_titles
 from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore
 from streams.app import make_app, raw_topic
@@ -268,7 +268,7 @@ class Pipeline:
             torch.set_num_threads(settings.encoder.threads)
         self.encoder = ContentEncoder(settings.encoder, settings.models_path, settings.cache_path)
         self.store = VectorStore(settings.vector_uri, settings.vectors.token)
-        self.tower = ItemTower(ModelRegistry(settings.registry_path))
+        self.tower = ItemTower(open_registry(settings))
 
     def warm_up(self) -> None:
         """Load the model and open the store before the first record, so it waits for neither."""

@@ -28,6 +28,7 @@ from serving.schemas import Fallback, HistoryItem, HistoryRequest, ItemFilter, R
 from store.state import Entry, StateReader
 from store.titles import TitleReader
 from store.vectors import VectorStore
+from streams.replica import state_reader
 from trainer.towers import LEARN
 
 RECENT = 5  # newest history items echoed in a response
@@ -127,12 +128,18 @@ class StateView:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.reader = StateReader(settings.state_path, settings.topics.interactions)
+        # secondary (same machine) or a changelog replica of this API process's own (state.reader)
+        self.reader = state_reader(settings, f"api-{settings.serving.port}")
         self._lock = threading.Lock()
 
     def sequence(self, user_id: str) -> list[Entry] | None:
         with self._lock:
             return self.reader.sequence(user_id)
+
+    def scan(self, fn):
+        """`fn(users)` over every (user, sequence), under the lock."""
+        with self._lock:
+            return fn(self.reader.users())
 
     def catch_up(self) -> None:
         with self._lock:
@@ -147,15 +154,20 @@ class Popularity:
     """The most popular items now, recounted from the state store at most every `ttl_s`, on first use
     (a scan of every user: its own reader, so requests never wait for it)."""
 
-    def __init__(self, settings: Settings, ttl_s: float = 60.0, top_n: int = 1000):
+    def __init__(self, settings: Settings, ttl_s: float = 60.0, top_n: int = 1000, state: StateView | None = None):
         self.settings, self.ttl_s, self.top_n = settings, ttl_s, top_n
+        # a changelog replica has one writer (the API's StateView): count through it, not a reader of its own
+        self.state = state if settings.state.reader == "changelog" else None
         self._top: list[tuple[str, int]] = []
         self._at = -float("inf")
         self._lock = threading.Lock()
 
     def top(self) -> list[tuple[str, int]]:
         with self._lock:
-            if time.monotonic() - self._at > self.ttl_s:
+            if time.monotonic() - self._at > self.ttl_s and self.state is not None:
+                self._top = self.state.scan(count_popularity).most_common(self.top_n)
+                self._at = time.monotonic()
+            elif time.monotonic() - self._at > self.ttl_s:
                 reader = StateReader(self.settings.state_path, self.settings.topics.interactions)
                 try:
                     self._top = count_popularity(reader.users()).most_common(self.top_n)

@@ -19,16 +19,29 @@ refuses a version not marked published) replaces CURRENT with os.replace. A cras
 CURRENT naming the previous complete version. trainer/publish.py is the one caller that writes.
 `CurrentFollower` is how readers (the encoder worker, serving) follow CURRENT. This module knows files,
 not models: it never imports torch.
+
+The registry may also live on an object store (`registry.uri = "s3://bucket/prefix"`): the same
+layout under the prefix, the same API (store/s3_registry.py: `S3Registry`), and every reader gets a
+version as plain local files, downloaded into its cache first. `open_registry(settings)` picks the
+backend; callers use only this API (versions, get, current, pointer_tag; new_version,
+commit_version, mark_published, promote, prune, remove, clean_staging).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from config import Settings
+
+log = logging.getLogger(__name__)
 
 CURRENT = "CURRENT"
 PUBLISHED = "PUBLISHED"
@@ -43,14 +56,35 @@ def items_collection(version: str) -> str:
     return f"{ITEMS_PREFIX}{version}"
 
 
+class RegistryUnavailable(OSError):
+    """The registry's store could not be reached or answered an error (S3: network, credentials)."""
+
+
+class ConcurrentPublish(RuntimeError):
+    """Another publisher replaced CURRENT between our read and our write, more often than we retried."""
+
+
+def version_number(name: str) -> int:
+    """v000012 -> 12 (-1 for a name not written by `new_version`)."""
+    return int(name[1:]) if name.startswith(VERSION_PREFIX) and name[1:].isdigit() else -1
+
+
+def next_version_name(names: list[str]) -> str:
+    numbers = [version_number(n) for n in names]
+    return f"{VERSION_PREFIX}{max(numbers, default=0) + 1:06d}"
+
+
 @dataclass(frozen=True)
 class Version:
     name: str
-    path: Path
+    path: Path  # a local directory with the version's files (an S3 registry: its download cache)
+    registry: Any = field(default=None, compare=False, repr=False)  # the backend it was read from
 
     @property
     def config(self) -> dict:
-        return json.loads((self.path / "config.json").read_text())
+        if self.registry is None or (self.path / "config.json").exists():
+            return json.loads((self.path / "config.json").read_text())
+        return self.registry.read_config(self.name)
 
     @property
     def collection(self) -> str:
@@ -58,7 +92,9 @@ class Version:
 
     @property
     def published(self) -> bool:
-        return (self.path / PUBLISHED).exists()
+        if self.registry is None:
+            return (self.path / PUBLISHED).exists()
+        return self.registry.is_published(self.name)
 
     @property
     def item_tower_path(self) -> Path:
@@ -84,7 +120,19 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def pointer_bytes(version: Version) -> bytes:
+    """CURRENT's content: the version, its collection and when it was promoted (so each write differs)."""
+    return json.dumps({"version": version.name, "collection": version.collection, "promoted_at": time.time()}).encode()
+
+
+def superseded(name: str, current: str) -> bool:
+    """Whether CURRENT (`current`) already names a version newer than `name`."""
+    return version_number(current) > version_number(name)
+
+
 class ModelRegistry:
+    """The registry in a local folder (the default backend)."""
+
     def __init__(self, root: Path):
         self.root = root
         self.versions_dir = root / "versions"
@@ -96,14 +144,20 @@ class ModelRegistry:
     def versions(self) -> list[Version]:
         """Complete versions, oldest first."""
         names = sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir())
-        return [Version(n, self.versions_dir / n) for n in names]
+        return [Version(n, self.versions_dir / n, self) for n in names]
 
     def get(self, name: str) -> Version:
         path = self.versions_dir / name
         if not path.is_dir():
             known = ", ".join(v.name for v in self.versions()) or "none"
             raise KeyError(f"no model version {name!r} (known: {known})")
-        return Version(name, path)
+        return Version(name, path, self)
+
+    def is_published(self, name: str) -> bool:
+        return (self.versions_dir / name / PUBLISHED).exists()
+
+    def read_config(self, name: str) -> dict:
+        return json.loads((self.versions_dir / name / "config.json").read_text())
 
     def current(self) -> Version | None:
         """The version serving uses now, or None before the first promotion."""
@@ -113,8 +167,8 @@ class ModelRegistry:
             return None
         return self.get(pointer["version"])
 
-    def pointer_mtime(self) -> float:
-        """Changes whenever CURRENT is replaced: cheap polling for readers that cache a version."""
+    def pointer_tag(self) -> float:
+        """Changes whenever CURRENT is replaced (its mtime): cheap polling for readers that cache a version."""
         try:
             return (self.root / CURRENT).stat().st_mtime_ns / 1e9
         except FileNotFoundError:
@@ -122,8 +176,7 @@ class ModelRegistry:
 
     # ---- publishing ----
     def next_name(self) -> str:
-        existing = [int(v.name[1:]) for v in self.versions() if v.name[1:].isdigit()]
-        return f"{VERSION_PREFIX}{(max(existing) + 1) if existing else 1:06d}"
+        return next_version_name([v.name for v in self.versions()])
 
     def stage(self, name: str) -> Path:
         """A fresh private directory to write version `name` into."""
@@ -131,6 +184,11 @@ class ModelRegistry:
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
         return path
+
+    def new_version(self) -> tuple[str, Path]:
+        """The next version's name and a fresh staging directory to write it into (one writer)."""
+        name = self.next_name()
+        return name, self.stage(name)
 
     def commit_version(self, name: str) -> Version:
         """Move a fully written staging directory into versions/ (one rename)."""
@@ -144,19 +202,21 @@ class ModelRegistry:
         dst = self.versions_dir / name
         os.rename(src, dst)
         _fsync_dir(self.versions_dir)
-        return Version(name, dst)
+        return Version(name, dst, self)
 
     def mark_published(self, name: str) -> None:
         """Record that version `name` is complete (its vectors are all written)."""
         write_atomic(self.get(name).path / PUBLISHED, b"")
 
-    def promote(self, name: str) -> Version:
-        """Point serving at version `name` (atomic)."""
+    def promote(self, name: str, newer_only: bool = False) -> Version:
+        """Point serving at version `name` (atomic); with `newer_only` (a publisher's own promotion),
+        leave a CURRENT that already names a newer version as it is. -> the version CURRENT names."""
         version = self.get(name)
         if not version.published:
             raise ValueError(f"version {name} is not completely published; refusing to serve it")
-        pointer = {"version": name, "collection": version.collection, "promoted_at": time.time()}
-        write_atomic(self.root / CURRENT, json.dumps(pointer).encode())
+        if newer_only and (current := self.current()) is not None and superseded(name, current.name):
+            return current
+        write_atomic(self.root / CURRENT, pointer_bytes(version))
         return version
 
     def prune(self, keep: int) -> list[str]:
@@ -164,8 +224,12 @@ class ModelRegistry:
         current = self.current()
         removable = [v for v in self.versions()[:-keep] if not current or v.name != current.name]
         for v in removable:
-            shutil.rmtree(v.path, ignore_errors=True)
+            self.remove(v.name)
         return [v.name for v in removable]
+
+    def remove(self, name: str) -> None:
+        """Delete one version (a pruned one, or what a crashed publish left)."""
+        shutil.rmtree(self.versions_dir / name, ignore_errors=True)
 
     def clean_staging(self) -> None:
         """Remove what a crashed publish left half-written."""
@@ -175,25 +239,43 @@ class ModelRegistry:
 
 class CurrentFollower:
     """Follows CURRENT for a reader that loads a version (the encoder worker, serving): `poll()` costs
-    one stat while nothing changes and returns the version CURRENT newly names; the reader loads it and
+    one stat (S3: one HEAD) while nothing changes and returns the version CURRENT newly names; the reader loads it and
     calls `accept()`. A load that fails is not accepted, so the next poll offers the version again."""
 
     def __init__(self, registry: ModelRegistry):
         self.registry = registry
         self.version: Version | None = None  # the accepted (loaded) version
-        self._seen = -1.0  # CURRENT's mtime when last looked at with nothing new to load
-        self._offered = -1.0
+        self._seen: object = -1.0  # CURRENT's tag (mtime, ETag) when last looked at with nothing new to load
+        self._offered: object = -1.0
 
     def poll(self) -> Version | None:
-        mtime = self.registry.pointer_mtime()
-        if mtime == self._seen:
+        try:
+            tag = self.registry.pointer_tag()
+            if tag == self._seen:
+                return None
+            current = self.registry.current()
+        except (RegistryUnavailable, ValueError) as e:  # S3 unreachable, or CURRENT names an unpublished
+            log.warning("model registry: %s; keeping version %s, looking again at the next poll", e,  # version
+                        self.version.name if self.version else None)  # fmt: skip
             return None
-        current = self.registry.current()
         if current is None or (self.version is not None and current.name == self.version.name):
-            self._seen = mtime
+            self._seen = tag
             return None
-        self._offered = mtime
+        self._offered = tag
         return current
 
     def accept(self, version: Version) -> None:
         self.version, self._seen = version, self._offered
+
+
+def open_registry(settings: Settings):
+    """The registry `settings.registry` names: a folder (default <data_dir>/registry) or
+    `s3://bucket/prefix` (downloads cached under `settings.registry_cache_path`)."""
+    r = settings.registry
+    if not r.is_s3:
+        return ModelRegistry(settings.registry_path)
+    from store.s3_registry import S3Registry
+
+    return S3Registry(r.uri, settings.registry_cache_path, endpoint_url=r.s3_endpoint_url or None,
+                      access_key=r.s3_access_key or None, secret_key=r.s3_secret_key or None,
+                      region=r.s3_region)  # fmt: skip

@@ -21,7 +21,12 @@ Keys (raw bytes): `u/<user>` -> JSON list of [event_time, item_id, action, event
 `o/fp` (`o/fp/<input>`) -> the fingerprint of the record at next - 1; `w/<slot start>/<user>` -> b"" (users changed per event-time slot
 of `slot_s` seconds, for the incremental trainer, whose windows are whole slots);
 `c/<counter>` -> count (applied, duplicate, late_dropped); `m/max_event_time` -> the newest event
-time applied (the partition's event-time watermark).
+time applied (the partition's event-time watermark); `o/changelog` -> the next offset of the
+partition's changelog (store/changelog.py) that this database does not hold yet.
+
+A batch is written in two steps, `prepare` (compute the new sequences and bookkeeping, write
+nothing) and `commit` (one atomic write), so the worker can send the changed sequences to the
+changelog and wait for the broker between them; `apply` does both at once.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
@@ -48,6 +53,7 @@ SOURCE = ""  # the input whose offset lives under the historical key `o/next`
 WINDOW = b"w/"
 COUNTER = b"c/"
 WATERMARK = b"m/max_event_time"
+CHANGELOG_NEXT = b"o/changelog"  # the changelog offset up to which this database holds the changelog
 
 APPLIED, DUPLICATE, LATE_DROPPED = "applied", "duplicate", "late_dropped"
 
@@ -96,6 +102,10 @@ def window_start(event_time: float, window_s: float) -> int:
     return int(event_time // window_s * window_s)
 
 
+def window_key(start: int, user: str) -> bytes:
+    return b"%s%012d/%s" % (WINDOW, start, user.encode())
+
+
 def merge_sequences(seqs: list[list[list]], max_len: int | None = None) -> list[list]:
     """One sequence from several copies of a user's (written before events were repartitioned by
     user): the union by event id, ordered by (time, event id), the newest `max_len` kept. Pure."""
@@ -133,6 +143,24 @@ def open_with_retry(path: Path, timeout_s: float = 30.0) -> Rdict:
             time.sleep(0.1)
 
 
+@dataclass
+class Pending:
+    """A prepared batch: what `commit` writes, and what the changelog gets (`users`: changed ones)."""
+
+    counts: Counter
+    users: dict[str, list[list]] = field(default_factory=dict)
+    windows: set[bytes] = field(default_factory=set)
+    source: str = SOURCE
+    next_offset: int | None = None  # None: nothing to write
+    fingerprint: bytes | None = None
+    counters: Counter = field(default_factory=Counter)
+    watermark: float = 0.0
+
+    @property
+    def empty(self) -> bool:
+        return self.next_offset is None
+
+
 class PartitionState:
     """The writer of one partition's state (one process at a time)."""
 
@@ -143,9 +171,13 @@ class PartitionState:
         wo = WriteOptions()
         wo.sync = sync
         self.db.set_write_options(wo)
+        self.sources = sources
+        self._load()
+
+    def _load(self) -> None:
         self.next_offsets: dict[str, int] = {}
         self.fingerprints: dict[str, bytes | None] = {}
-        for source in sources:
+        for source in self.sources:
             raw = self.db.get(offset_key(source))
             self.next_offsets[source] = int(raw) if raw is not None else 0
             self.fingerprints[source] = self.db.get(fingerprint_key(source))
@@ -153,6 +185,14 @@ class PartitionState:
             {n: int(self.db.get(COUNTER + n.encode()) or 0) for n in (APPLIED, DUPLICATE, LATE_DROPPED)}
         )
         self.watermark = float(self.db.get(WATERMARK) or 0.0)
+        raw = self.db.get(CHANGELOG_NEXT)
+        self.changelog_next: int | None = int(raw) if raw is not None else None
+        self.has_users = self._first_is_user()
+
+    def _first_is_user(self) -> bool:
+        for k in self.db.keys(from_key=USER):
+            return k.startswith(USER)
+        return False
 
     @property
     def next_offset(self) -> int:
@@ -167,7 +207,13 @@ class PartitionState:
         self.next_offsets[source] = offset
         self.fingerprints[source] = None
 
-    def apply(
+    def apply(self, *args, **kwargs) -> Counter:
+        """`prepare` (same arguments) and `commit` at once, without a changelog."""
+        pending = self.prepare(*args, **kwargs)
+        self.commit(pending)
+        return pending.counts
+
+    def prepare(
         self,
         events: Iterable[tuple[int, Entry | None, str | None]],
         max_len: int,
@@ -175,14 +221,15 @@ class PartitionState:
         slot_s: float,
         source: str = SOURCE,
         fingerprint: bytes | None = None,
-    ) -> Counter:
-        """Apply (offset, entry, user_id) events of input `source` in one atomic write; skip offsets
-        already applied. `fingerprint` identifies the last record (stored with the next offset).
+    ) -> Pending:
+        """Apply (offset, entry, user_id) events of input `source` in memory; skip offsets already
+        applied. `fingerprint` identifies the last record (stored with the next offset). Writes nothing.
 
         An event with `entry=None` (a record that went to the dead-letter topic, or one forwarded to
         its user's partition) only moves the offset.
         """
         seqs: dict[str, list[list]] = {}
+        changed: set[str] = set()
         windows: set[bytes] = set()
         counts: Counter = Counter()
         last = None
@@ -203,35 +250,64 @@ class PartitionState:
             outcome = apply_event(seq, entry, max_len, lateness_s)
             counts[outcome] += 1
             if outcome == APPLIED:
-                windows.add(b"%s%012d/%s" % (WINDOW, window_start(entry.event_time, slot_s), user.encode()))
+                changed.add(user)
+                windows.add(window_key(window_start(entry.event_time, slot_s), user))
                 watermark = max(watermark, entry.event_time)
-        if last is None:
-            return counts
-        wb = WriteBatch(raw_mode=True)
-        for key in windows:
-            wb.put(key, b"")
-        for user, seq in seqs.items():
-            wb.put(USER + user.encode(), orjson.dumps(seq))
         totals = self.counters.copy()
         for name in (APPLIED, DUPLICATE, LATE_DROPPED):
-            if counts[name]:
-                totals[name] += counts[name]
-                wb.put(COUNTER + name.encode(), str(totals[name]).encode())
-        wb.put(offset_key(source), str(last + 1).encode())
-        if fingerprint is not None:
-            wb.put(fingerprint_key(source), fingerprint)
+            totals[name] += counts[name]
+        return Pending(counts, {u: seqs[u] for u in changed}, windows, source,
+                       None if last is None else last + 1, fingerprint, totals, watermark)  # fmt: skip
+
+    def commit(self, p: Pending, changelog_next: int | None = None) -> None:
+        """Write a prepared batch in one atomic write (with the changelog offset it reaches, if any)."""
+        if p.empty:
+            return
+        wb = WriteBatch(raw_mode=True)
+        for key in p.windows:
+            wb.put(key, b"")
+        for user, seq in p.users.items():
+            wb.put(USER + user.encode(), orjson.dumps(seq))
+        for name in (APPLIED, DUPLICATE, LATE_DROPPED):
+            if p.counters[name] != self.counters[name]:
+                wb.put(COUNTER + name.encode(), str(p.counters[name]).encode())
+        wb.put(offset_key(p.source), str(p.next_offset).encode())
+        if p.fingerprint is not None:
+            wb.put(fingerprint_key(p.source), p.fingerprint)
         else:
-            wb.delete(fingerprint_key(source))
-        wb.put(WATERMARK, repr(watermark).encode())
+            wb.delete(fingerprint_key(p.source))
+        wb.put(WATERMARK, repr(p.watermark).encode())
+        if changelog_next is not None:
+            wb.put(CHANGELOG_NEXT, str(changelog_next).encode())
         self.db.write(wb)
-        self.next_offsets[source] = last + 1
-        self.fingerprints[source] = fingerprint
-        self.counters = totals
-        self.watermark = watermark
-        return counts
+        self.next_offsets[p.source] = p.next_offset
+        self.fingerprints[p.source] = p.fingerprint
+        self.counters = p.counters
+        self.watermark = p.watermark
+        self.has_users = self.has_users or bool(p.users)
+        if changelog_next is not None:
+            self.changelog_next = changelog_next
+
+    def write_restored(self, puts: list[tuple[bytes, bytes | None]], changelog_next: int) -> None:
+        """Writes rebuilt from the changelog (store/changelog.py `state_puts`) in one atomic write,
+        then the in-memory bookkeeping read again from the database."""
+        write_puts(self.db, puts, changelog_next)
+        self._load()
 
     def close(self) -> None:
         self.db.close()
+
+
+def write_puts(db: Rdict, puts: list[tuple[bytes, bytes | None]], changelog_next: int) -> None:
+    """(key, value) writes (None: delete) and the changelog offset they reach, in one atomic write."""
+    wb = WriteBatch(raw_mode=True)
+    for key, value in puts:
+        if value is None:
+            wb.delete(key)
+        else:
+            wb.put(key, value)
+    wb.put(CHANGELOG_NEXT, str(changelog_next).encode())
+    db.write(wb)
 
 
 class StateStore:

@@ -11,12 +11,12 @@ from collections.abc import Iterable
 from kafka import KafkaProducer
 
 from config import Settings
+from streams.kafka_options import client_options
 from streams.schemas import Interaction, ItemRecord, encode
 
 
 def make_producer(settings: Settings, **overrides) -> KafkaProducer:
-    options = dict(
-        bootstrap_servers=settings.broker.bootstrap,
+    options = client_options(settings.broker, "kafka-python") | dict(
         acks="all",
         linger_ms=5,
         batch_size=256 * 1024,

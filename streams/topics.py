@@ -27,6 +27,8 @@ class TopicSpec:
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     t = settings.topics
     configs = {"min.insync.replicas": str(t.min_insync_replicas)} if t.min_insync_replicas else {}
+    # the state's changelog: partition p holds state partition p; last value per key is the state
+    changelog = TopicSpec(t.changelog_topic, t.partitions, t.replication_factor, configs | {"cleanup.policy": "compact"})
     return [
         TopicSpec(name, partitions, t.replication_factor, configs)
         for name, partitions in [
@@ -37,7 +39,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             (t.items_dlq, t.dlq_partitions),
             (t.interactions_dlq, t.dlq_partitions),
         ]
-    ]
+    ] + [changelog]
 
 
 def admin_client(broker: str | BrokerSettings, **kwargs) -> KafkaAdminClient:

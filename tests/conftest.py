@@ -19,6 +19,7 @@ import pytest
 from config import Settings, load_settings
 from deploy.broker import free_port, start_broker, stop_process
 from tests.milvus_server import milvus_server  # noqa: F401 - a fixture
+from tests.s3_server import s3_bucket, s3_server  # noqa: F401 - fixtures
 
 SHARED_DATA = load_settings().shared_data_dir
 

@@ -40,8 +40,9 @@ import torch
 from tenacity import Retrying, before_sleep_log, retry_if_result, stop_after_delay, stop_never, wait_fixed
 
 from config import Settings
-from store.registry import ModelRegistry, Version
+from store.registry import Version, open_registry
 from store.state import Entry, StateReader
+from streams.replica import state_reader
 from store.vectors import CONTENT, VectorStore
 from trainer.evaluation import evaluate_examples
 from trainer.offline import length_bucketed_batches, model_scorer, train_step
@@ -205,10 +206,10 @@ class IncrementalTrainer:
     def __init__(self, settings: Settings, vectors: VectorStore, reader: StateReader | None = None):
         self.s = settings
         self.ts = settings.trainer
-        self.registry = ModelRegistry(settings.registry_path)
+        self.registry = open_registry(settings)
         self.publisher = Publisher(self.registry, vectors, self.ts.keep_versions, self._pause)
         self.vectors = vectors
-        self.reader = reader or StateReader(settings.state_path, settings.topics.interactions)
+        self.reader = reader or state_reader(settings, "trainer")  # secondary or changelog replica (state.reader)
         self.metrics_path = settings.data_dir / "trainer" / "windows.jsonl"
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         self.learner: OnlineLearner | None = None

@@ -14,6 +14,10 @@ content embeddings, and a version is written in four steps (store/registry.py ha
 3. mark it PUBLISHED;
 4. promote (optional): CURRENT names it, atomically; old versions and their collections are pruned.
 A crash anywhere leaves CURRENT on the previous complete version; `recover()` removes what it left.
+The registry is a folder or an S3 bucket (store/s3_registry.py): the same steps, in the same order.
+On S3 two publishers may run at once: each claims its own version name, and a promotion never
+replaces a CURRENT that already names a newer version. `recover()` is for a publisher starting
+alone: it removes every version not yet PUBLISHED, another publisher's one in flight included.
 
 The exported item tower (`item_tower.pt2`, a `torch.export` program: raw content (N, d_raw) -> item
 vectors (N, d_out)) is for the encoder worker only. It adds the vectors of items encoded after a
@@ -29,7 +33,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ import numpy as np
 import torch
 
 from store.registry import ITEM_TOWER, ModelRegistry, Version, items_collection
+from store.s3_registry import S3Registry
 from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore
 from trainer.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
 from trainer.towers import LEARN
@@ -97,7 +101,7 @@ def read_content(vectors: VectorStore, ids: Sequence[str]) -> tuple[list[str], n
 
 @dataclass
 class Publisher:
-    registry: ModelRegistry
+    registry: ModelRegistry | S3Registry  # store/registry.py: open_registry(settings)
     vectors: VectorStore
     keep_versions: int = 5
     pause: Callable[[str], None] = lambda point: None  # fault injection at "after_commit", "mid_vectors"
@@ -116,16 +120,15 @@ class Publisher:
             version = self._write(model, list(ids), raw, record or {}, optimizer)
         finally:
             model.train(training)
-        if promote:
-            self.registry.promote(version.name)
+        if promote:  # a concurrent publisher's newer version stays served (S3: conditional PUT)
+            self.registry.promote(version.name, newer_only=True)
         for old in self.registry.prune(self.keep_versions):
             if self.vectors.has(items_collection(old)):
                 self.vectors.drop(items_collection(old))
         return version
 
     def _write(self, model: LEARN, ids: list[str], raw: np.ndarray, record: dict, optimizer: dict | None) -> Version:
-        name = self.registry.next_name()
-        stage = self.registry.stage(name)
+        name, stage = self.registry.new_version()
         save_checkpoint(model, stage, metrics=record.get("metrics"), extra={"source": record.get("source")})
         export_item_tower(model, stage / ITEM_TOWER)
         if optimizer is not None:
@@ -154,7 +157,7 @@ class Publisher:
             log.warning("removing incomplete version %s (crashed publish)", v.name)
             if self.vectors.has(v.collection):
                 self.vectors.drop(v.collection)
-            shutil.rmtree(v.path, ignore_errors=True)
+            self.registry.remove(v.name)
         known = {v.collection for v in complete}
         for name in self.vectors.collections():
             if name.startswith(ITEMS_PREFIX) and name not in known:
@@ -169,7 +172,7 @@ def load_version(version: Version, raw: torch.Tensor | None = None) -> tuple[LEA
     return model, torch.load(opt_path, weights_only=True) if opt_path.exists() else None
 
 
-def publish_run(run_dir: Path, registry: ModelRegistry, vectors: VectorStore, promote: bool = True,
+def publish_run(run_dir: Path, registry: ModelRegistry | S3Registry, vectors: VectorStore, promote: bool = True,
                 keep_versions: int = 5) -> Version:  # fmt: skip
     """`learn model publish RUN_DIR`: serve a model trained offline over the live catalogue (the
     vector store's `content` collection, written by the encoder worker)."""

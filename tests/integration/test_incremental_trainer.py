@@ -12,7 +12,8 @@ import pytest
 
 from config import load_settings
 from deploy.stack import settings_env
-from store.registry import ModelRegistry
+from config.settings import RegistrySettings
+from store.registry import ModelRegistry, open_registry
 from store.state import Entry, PartitionState
 from store.vectors import CONTENT, VectorStore
 from tests.integration.helpers import wait_for
@@ -100,8 +101,12 @@ def test_a_version_worse_on_the_holdout_is_kept_but_not_promoted(tmp_path):
     assert results[1].version in [v.name for v in registry.versions()]
 
 
-def test_a_kill_mid_publish_leaves_serving_on_the_previous_version(tmp_path):
+@pytest.mark.parametrize("backend", ["folder", "s3"])
+def test_a_kill_mid_publish_leaves_serving_on_the_previous_version(tmp_path, backend, request):
     s = make_settings(tmp_path)
+    if backend == "s3":  # the registry on the local S3 server (tests/s3_server.py): the trainer uploads
+        s3 = request.getfixturevalue("s3_server").registry(request.getfixturevalue("s3_bucket"))
+        s = s.model_copy(update={"registry": RegistrySettings(**s3)})
     write_content(s)
     write_events(s, range(30), T0, T0 + 70, random.Random(2))  # one window closes
     with VectorStore(s.vector_uri).open() as store:
@@ -121,7 +126,7 @@ def test_a_kill_mid_publish_leaves_serving_on_the_previous_version(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    registry = ModelRegistry(s.registry_path)
+    registry = open_registry(s)
     assert registry.current().name == first[0].version  # serving never saw the half-written version
     assert not registry.versions()[-1].published
 

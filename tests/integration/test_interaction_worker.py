@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def test_events_reach_the_state_and_bad_records_the_dlq(settings, tmp_path):
     now = time.time()
     with Stack(settings, tmp_path / "run") as stack:
-        assert len(stack.create_topics()) == 5  # with interactions.repartition
+        assert len(stack.create_topics()) == 6  # with interactions.repartition and .changelog
         assert stack.create_topics() == []  # idempotent
         stack.start_worker("interactions", free_port())
         with EventProducer(settings) as p:

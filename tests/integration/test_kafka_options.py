@@ -7,7 +7,7 @@ import pytest
 from config import load_settings
 from deploy.broker import free_port
 from streams.app import make_app
-from streams.topics import ensure_topics, partition_counts, topic_specs
+from streams.topics import TopicSpec, ensure_topics, partition_counts, topic_specs
 
 pytestmark = pytest.mark.integration
 
@@ -25,3 +25,19 @@ def test_admin_and_faust_follow_the_bootstrap_list(settings):
     app = make_app("options-check", s)
     assert [f"{u.host}:{u.port}" for u in app.conf.broker] == [dead, real]
     assert app.conf.broker_credentials is None
+
+
+def test_producer_follows_the_bootstrap_list(settings):
+    """streams/producer.py's producer is built from the same options: a dead first address is skipped."""
+    from streams.producer import make_producer
+
+    dead = f"127.0.0.1:{free_port()}"
+    s = load_settings(**{**settings.model_dump(), "broker": {"bootstrap_servers": f"{dead},{settings.broker.bootstrap}"}})
+    ensure_topics(s.broker, [TopicSpec("options-check", 1)])
+    producer = make_producer(s)
+    try:
+        assert producer.config["bootstrap_servers"] == [dead, settings.broker.bootstrap]
+        assert producer.config["security_protocol"] == "PLAINTEXT"
+        producer.send("options-check", b"options-check").get(timeout=30)
+    finally:
+        producer.close()

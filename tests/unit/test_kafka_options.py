@@ -83,7 +83,9 @@ def test_topics_carry_replication_and_min_insync():
     s = load_settings(topics={"replication_factor": 3, "min_insync_replicas": 2, "partitions": 12})
     specs = topic_specs(s)
     assert {(x.partitions, x.replication_factor) for x in specs} == {(12, 3), (1, 3)}
-    assert all(x.configs == {"min.insync.replicas": "2"} for x in specs)
+    changelog = {"min.insync.replicas": "2", "cleanup.policy": "compact"}
+    assert all(x.configs == ({"min.insync.replicas": "2"} if x.name != s.topics.changelog_topic else changelog)
+               for x in specs)  # fmt: skip
     assert topic_specs(load_settings())[0].configs == {}  # the embedded default: the broker's own
     with pytest.raises(ValidationError):
         TopicSettings(replication_factor=1, min_insync_replicas=2)

@@ -11,7 +11,8 @@ import torch
 from encoder.item_tower import ItemTower, load_program
 from serving.index import ModelFollower
 from serving.recommend import user_vectors
-from store.registry import ModelRegistry
+from config import load_settings
+from store.registry import ModelRegistry, open_registry
 from store.vectors import CONTENT, VectorStore, items_collection
 from trainer.checkpoint import save_checkpoint
 from trainer.offline import train_step
@@ -131,9 +132,14 @@ def test_a_zero_knn_weight_serves_the_plain_towers(tmp_path, store):
         np.testing.assert_allclose(np.stack([rows[i].vector for i in IDS]), model.item_vectors().numpy(), atol=1e-5)
 
 
-def test_a_crashed_publish_is_cleaned_and_serving_stays_on_the_complete_version(tmp_path, store):
+@pytest.mark.parametrize("backend", ["folder", "s3"])
+def test_a_crashed_publish_is_cleaned_and_serving_stays_on_the_complete_version(tmp_path, store, backend, request):
     raw = raw_catalogue()
-    registry = ModelRegistry(tmp_path / "registry")
+    if backend == "folder":
+        registry = ModelRegistry(tmp_path / "registry")
+    else:  # the same on the local S3 server (tests/s3_server.py), from its own data dir
+        s3 = request.getfixturevalue("s3_server").registry(request.getfixturevalue("s3_bucket"))
+        registry = open_registry(load_settings(data_dir=tmp_path / "data", registry=s3))
 
     def crash(point):
         if point == "mid_vectors":
@@ -212,7 +218,6 @@ def test_the_item_tower_loader_refuses_archives_that_pickle_more_than_tensors(tm
 def test_learn_model_publish_serves_an_offline_run_and_lists_it(tmp_path):
     from typer.testing import CliRunner
 
-    from config import load_settings
     from deploy.cli import app
 
     raw = raw_catalogue()

@@ -6,7 +6,21 @@ from pathlib import Path
 
 from config import load_settings
 from deploy.broker import broker_programs, for_storage
-from deploy.supervisor import START_ORDER, spawn_counts, stack_programs, stack_settings, supervisor_conf
+from deploy.stack import settings_env
+import pytest
+
+from deploy.supervisor import (
+    START_ORDER,
+    SupervisorError,
+    check_can_run,
+    partition_errors,
+    spawn_counts,
+    stack_programs,
+    stack_settings,
+    stage_of,
+    stop_rank,
+    supervisor_conf,
+)
 
 
 def test_broker_programs_follow_the_storage_setting(tmp_path):
@@ -75,3 +89,61 @@ def test_nanio_does_not_list_objects_still_being_written(tmp_path):
     patch_nanio()
     keys = list(filesystem._walk_keys(tmp_path / "tansu", "topics/t/records/", None, []))
     assert keys == ["topics/t/records/00000000000000000000.batch"]
+
+
+def test_n_processes_per_stage_each_with_its_own_name_log_and_ports(tmp_path, monkeypatch):
+    s = stack_settings(load_settings(data_dir=tmp_path, worker={"web_port": 7000}, serving={"port": 8100},
+                                     processes={"encoder_workers": 2, "interaction_workers": 3, "api_replicas": 2}))  # fmt: skip
+    programs = {p.name: p for p in stack_programs(s)}
+    assert list(programs) == ["s3", "broker", "encoder", "encoder-1", "interactions", "interactions-1",
+                              "interactions-2", "trainer", "api", "api-1"]  # fmt: skip
+    web = {n: p.port for n, p in programs.items() if stage_of(n) in ("encoder", "interactions")}
+    assert web == {"encoder": 7001, "encoder-1": 7003, "interactions": 7000, "interactions-1": 7002, "interactions-2": 7004}
+    for name, port in web.items():
+        cmd = programs[name].command
+        assert cmd[cmd.index("--web-port") + 1] == str(port)
+    assert programs["encoder-1"].command[:5] == programs["encoder"].command[:5]  # the same faust app
+    assert (programs["api"].port, programs["api-1"].port) == (8100, 8101)
+    assert programs["api-1"].ready_url == "http://127.0.0.1:8101/ready"
+    assert programs["api-1"].env == {"LEARN_SERVING__PORT": "8101"} and programs["api"].env == {}
+    for k, v in {**settings_env(s), **programs["api-1"].env}.items():  # what replica 1 reads
+        monkeypatch.setenv(k, v)
+    replica = load_settings()
+    assert replica.serving.port == 8101 and replica.serving.metrics_urls == s.serving.metrics_urls
+    assert sorted(s.serving.metrics_urls) == sorted(f"http://127.0.0.1:{p}/metrics" for p in web.values())
+    conf = configparser.RawConfigParser()
+    conf.read_string(supervisor_conf(list(programs.values()), tmp_path / "run", Path("/repo")))
+    logs = [conf[f"program:{n}"]["stdout_logfile"] for n in programs]
+    assert len(set(logs)) == len(logs) and logs[3].endswith("encoder-1.log")
+    # learn down: stage by stage, the API replicas first, the broker's S3 server last
+    order = sorted(programs, key=stop_rank)
+    assert order[:3] == ["api", "api-1", "trainer"] and order[-2:] == ["broker", "s3"]
+
+
+def test_more_workers_than_partitions_is_refused_before_anything_starts(tmp_path):
+    s = load_settings(data_dir=tmp_path, topics={"partitions": 2}, processes={"interaction_workers": 3})
+    errors = partition_errors(s)
+    assert len(errors) == 1 and "interaction_workers = 3" in errors[0] and "2 partitions" in errors[0]
+    with pytest.raises(SupervisorError, match="interaction_workers"):
+        check_can_run(s)
+    ok = load_settings(data_dir=tmp_path, processes={"interaction_workers": 4, "encoder_workers": 4})
+    assert partition_errors(ok) == []
+    # topics that already exist with fewer partitions than the setting says
+    assert "encoder_workers = 4" in partition_errors(ok, {ok.topics.items: 3, ok.topics.interactions: 4})[0]
+
+
+def test_milvus_server_program_and_the_vector_uri_it_sets(tmp_path):
+    s = stack_settings(load_settings(data_dir=tmp_path, processes={"milvus_server": True, "milvus_port": 19999}))
+    assert s.vectors.uri == "http://127.0.0.1:19999"
+    programs = stack_programs(s)
+    assert [p.name for p in programs].index("milvus") == 2  # after the broker, before any worker
+    milvus = programs[2]
+    assert milvus.command[-4:] == ["run", str(tmp_path / "milvus"), "--port", "19999"] and milvus.port == 19999
+    conf = configparser.RawConfigParser()
+    conf.read_string(supervisor_conf(programs, tmp_path / "run", Path("/repo")))
+    assert conf["program:milvus"]["stopsignal"] == "INT" and conf["program:encoder"]["stopsignal"] == "TERM"
+    # a vector store named by URI is used as it is: no server of our own
+    given = stack_settings(load_settings(data_dir=tmp_path, vectors={"uri": "http://milvus:19530"},
+                                         processes={"milvus_server": True}))  # fmt: skip
+    assert given.vectors.uri == "http://milvus:19530" and "milvus" not in [p.name for p in stack_programs(given)]
+    assert "milvus" not in [p.name for p in stack_programs(stack_settings(load_settings(data_dir=tmp_path)))]
