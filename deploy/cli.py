@@ -207,7 +207,10 @@ def train(
     dense_weight: Optional[float] = typer.Option(
         None, help="With the full softmax: weight of the paper's dense all-action loss added to it."
     ),
-    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's, all cores)."),
+    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's, all cores; "
+                                          "with --nproc: cores / N per rank)."),  # fmt: skip
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel ranks (torchrun + DDP, gloo) on this machine, in a "
+                              "private network namespace (README: Distributed training)."),  # fmt: skip
     run_dir: Optional[Path] = typer.Option(None, help="Output dir (default: runs/train-<model>-<time>)."),
     data_dir: Optional[Path] = DataDir,
     progress: bool = typer.Option(True, help="Show progress bars."),
@@ -222,6 +225,23 @@ def train(
 
     if model not in ("learn", "zero-training", "popularity"):
         _fail(f"unknown model {model!r}: choose learn, zero-training or popularity")
+    if nproc > 1:
+        if model != "learn":
+            _fail(f"--nproc trains LEARN in parallel; {model} has nothing to train")
+        from deploy.torchrun import TorchrunError, launch, train_args
+        from trainer.distributed import threads_per_rank
+
+        run_dir = (run_dir or Path("runs") / time.strftime(f"train-learn-{item_tower or _settings(data_dir).model.item_tower}-%Y%m%d-%H%M%S")).resolve()
+        args = train_args({"--data": data, "--dataset": dataset, "--format": data_format, "--prefix": prefix or None,
+                           "--encoder": encoder, "--item-tower": item_tower, "--model": model, "--seed": seed,
+                           "--users": users, "--loss": loss, "--whiten": whiten, "--epochs": epochs,
+                           "--dense-weight": dense_weight, "--run-dir": run_dir,
+                           "--data-dir": data_dir.resolve() if data_dir else None, "--progress": progress})  # fmt: skip
+        try:
+            rc = launch(nproc, args, threads or threads_per_rank(nproc))
+        except TorchrunError as e:
+            _fail(str(e))
+        raise typer.Exit(rc)
     try:
         train_cli(_settings(data_dir), data or dataset or "amazon-scientific-unisrec", encoder, item_tower, model,
                   seed, users, loss, whiten, epochs, run_dir, progress, threads=threads, dense_weight=dense_weight,
