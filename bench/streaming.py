@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -74,6 +75,7 @@ def main() -> None:
         print(json.dumps({k: results[k] for k in ("final_test_ndcg10", "offline_test_ndcg10", "streamed_vs_offline")}))
         return
 
+    load_before = os.getloadavg()
     base = load_settings()
     root = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
     s = load_settings(
@@ -104,7 +106,7 @@ def main() -> None:
         stack.start_broker()
         stack.create_topics()
         stack.start_worker("interactions", free_port())
-        env = {**__import__("os").environ, **settings_env(s)}
+        env = {**os.environ, **settings_env(s)}
         stack.start_process("trainer", [sys.executable, "-m", "deploy.cli", "trainer"], env)
         with EventProducer(s) as producer:
             t0 = time.time()
@@ -174,6 +176,8 @@ def main() -> None:
         "mean_window_train_s": total_train_s / len(rows) if rows else None,
         "wall_s": time.time() - t_start,
         "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_avg": {"before": list(load_before), "after": list(os.getloadavg())},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

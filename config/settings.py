@@ -216,7 +216,7 @@ class ModelSettings(BaseModel):
     n_heads: int = 2
     d_out: int = 64
     dropout: float = 0.2
-    item_tower: Literal["a", "b", "c"] = "a"  # trainer/towers.py ITEM_TOWERS
+    item_tower: str = "a"  # a variant's name in trainer/towers.py ITEM_TOWERS, the one list (checked there)
     use_id_embedding: bool = False
     # full_softmax: best on validation NDCG@10 (trainer/offline.py's docstring has the numbers)
     loss: Literal["dense_all_action", "dense_full", "in_batch", "full_softmax"] = "full_softmax"
@@ -266,6 +266,9 @@ class TrainerSettings(BaseModel):
     # "mid_vectors") so a test can kill the trainer there. Off by default.
     pause_at: str = ""
     pause_s: float = 0.0
+    # With model.history_knn_blend: the kNN weight and history penalty are chosen after each window's
+    # training on at most this many of its held-out events (a random sample; each costs a grid of rankings)
+    blend_examples: int = 500
 
 
 class ServingSettings(BaseModel):
@@ -284,6 +287,20 @@ class ServingSettings(BaseModel):
     content_cache_items: int = 200_000  # raw content embeddings kept in memory (LRU)
     torch_threads: int = 1  # intra-op threads of the towers in the API process (0: torch's default)
     metrics_urls: list[str] = []  # the workers' /metrics pages, re-exported (job label) on the API's /metrics
+    # The memory path's top-K index (serving/ann.py): "exact" scores every item; "ann" a faiss index
+    # (inner product, full vectors) of ann_kind; "auto": ann from ann_min_items items on
+    # (bench/results/scale/ann.json has recall and latency at 1M items).
+    index: Literal["exact", "ann", "auto"] = "auto"
+    ann_min_items: int = 200_000
+    # ivf: k-means cells, built in 31 s at 1M x 640 (recall@10 1.0 at nprobe 32); hnsw: a graph, 1008 s (0.966 at ef 512)
+    ann_kind: Literal["ivf", "hnsw"] = "ivf"
+    ann_nlist: int = 0  # ivf: k-means cells (0: about sqrt(items))
+    ann_nprobe: int = 32  # ivf: cells scored per query (recall against speed)
+    ann_m: int = 16  # hnsw: graph links per node
+    ann_ef_construction: int = 100  # hnsw: candidates kept while inserting
+    ann_ef_search: int = 512  # hnsw: candidates kept while searching
+    ann_rebuild_fraction: float = 0.05  # rebuild the index once rewritten + deleted + new rows pass this share
+    ann_build_threads: int = 0  # threads of a (re)build on the follower's thread (0: all cores)
 
 
 class RegistrySettings(BaseModel):

@@ -19,9 +19,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from config import Settings
 
@@ -145,15 +146,17 @@ def prepare_storage(settings: Settings) -> None:
 
 def wait_port(host: str, port: int, proc: subprocess.Popen | None, what: str, log_path: Path,
               timeout_s: float = 30.0) -> None:  # fmt: skip
-    """Wait until host:port accepts connections; fail early if `proc` exits."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    """Wait until host:port accepts connections (tried every 20 ms); fail early if `proc` exits."""
+
+    def accepts() -> bool:
         if proc is not None and proc.poll() is not None:
             raise BrokerError(f"{what} exited with {proc.returncode}; see {log_path}")
-        if port_open(host, port):
-            return
-        time.sleep(0.02)
-    raise BrokerError(f"{what} did not open {host}:{port} within {timeout_s}s; see {log_path}")
+        return port_open(host, port)
+
+    waiting = Retrying(retry=retry_if_result(lambda ok: not ok), wait=wait_fixed(0.02),
+                       stop=stop_after_delay(timeout_s), retry_error_callback=lambda state: False)  # fmt: skip
+    if not waiting(accepts):
+        raise BrokerError(f"{what} did not open {host}:{port} within {timeout_s}s; see {log_path}")
 
 
 def start_program(program: Program, log_path: Path, timeout_s: float = 30.0) -> subprocess.Popen:

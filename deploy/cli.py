@@ -197,7 +197,7 @@ def train(
     data_format: str = FormatOption,
     prefix: str = PrefixOption,
     encoder: Optional[str] = typer.Option(None, help="smollm2 | minilm | a local HF path (default: settings)."),
-    item_tower: Optional[str] = typer.Option(None, help="LEARN item tower: a | b | c (default: settings)."),
+    item_tower: Optional[str] = typer.Option(None, help="LEARN item tower: a variant in trainer/towers.py ITEM_TOWERS (default: settings)."),
     model: str = typer.Option("learn", help="learn | zero-training | popularity"),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: settings.model.seed)."),
     users: Optional[int] = typer.Option(None, help="Train/evaluate on a random subset of N users."),
@@ -207,7 +207,10 @@ def train(
     dense_weight: Optional[float] = typer.Option(
         None, help="With the full softmax: weight of the paper's dense all-action loss added to it."
     ),
-    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's, all cores)."),
+    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: torch's, all cores; "
+                                          "with --nproc: cores / N per rank)."),  # fmt: skip
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel ranks (torchrun + DDP, gloo) on this machine, in a "
+                              "private network namespace (README: Distributed training)."),  # fmt: skip
     run_dir: Optional[Path] = typer.Option(None, help="Output dir (default: runs/train-<model>-<time>)."),
     data_dir: Optional[Path] = DataDir,
     progress: bool = typer.Option(True, help="Show progress bars."),
@@ -218,14 +221,32 @@ def train(
 
     from streams.datasets import DatasetError
     from trainer.offline import train_cli
+    from trainer.towers import UnknownItemTower
 
     if model not in ("learn", "zero-training", "popularity"):
         _fail(f"unknown model {model!r}: choose learn, zero-training or popularity")
+    if nproc > 1:
+        if model != "learn":
+            _fail(f"--nproc trains LEARN in parallel; {model} has nothing to train")
+        from deploy.torchrun import TorchrunError, launch, train_args
+        from trainer.distributed import threads_per_rank
+
+        run_dir = (run_dir or Path("runs") / time.strftime(f"train-learn-{item_tower or _settings(data_dir).model.item_tower}-%Y%m%d-%H%M%S")).resolve()
+        args = train_args({"--data": data, "--dataset": dataset, "--format": data_format, "--prefix": prefix or None,
+                           "--encoder": encoder, "--item-tower": item_tower, "--model": model, "--seed": seed,
+                           "--users": users, "--loss": loss, "--whiten": whiten, "--epochs": epochs,
+                           "--dense-weight": dense_weight, "--run-dir": run_dir,
+                           "--data-dir": data_dir.resolve() if data_dir else None, "--progress": progress})  # fmt: skip
+        try:
+            rc = launch(nproc, args, threads or threads_per_rank(nproc))
+        except TorchrunError as e:
+            _fail(str(e))
+        raise typer.Exit(rc)
     try:
         train_cli(_settings(data_dir), data or dataset or "amazon-scientific-unisrec", encoder, item_tower, model,
                   seed, users, loss, whiten, epochs, run_dir, progress, threads=threads, dense_weight=dense_weight,
                   data_format=data_format, prefix=prefix)  # fmt: skip
-    except (DatasetError, ValidationError) as e:
+    except (DatasetError, ValidationError, UnknownItemTower) as e:
         _fail(str(e))
 
 
@@ -244,9 +265,14 @@ def trainer(
 
     from store.vectors import open_store
     from trainer.incremental import IncrementalTrainer
+    from trainer.towers import UnknownItemTower, item_tower_class
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     s = _settings(data_dir)
+    try:
+        item_tower_class(s.model.item_tower)
+    except UnknownItemTower as e:
+        _fail(str(e))
     with open_store(s) as vectors:
         t = IncrementalTrainer(s, vectors)
         for r in t.run(poll_s=s.trainer.poll_s, max_windows=max_windows, idle_exit_s=idle_exit_s):

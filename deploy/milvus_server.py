@@ -37,9 +37,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tenacity import Retrying, retry_if_not_exception_type, retry_if_result, stop_after_delay, wait_fixed
+
+from store.process import pid_alive
 
 GRPC_PORT = 19530  # the server's port inside its namespace (the wrapper's default)
 
@@ -179,42 +182,48 @@ def _signal_on_parent_death(sig: int):
 
 
 def _wait_netns(wrapper: subprocess.Popen, timeout_s: float = 10.0) -> str:
-    """The wrapper's network namespace once `unshare` has made it (a path for nsenter)."""
+    """The wrapper's network namespace once `unshare` has made it (a path for nsenter); tried every 20 ms."""
     mine = os.readlink("/proc/self/ns/net")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    path = f"/proc/{wrapper.pid}/ns/net"
+
+    def entered() -> bool:
         if wrapper.poll() is not None:
             raise MilvusServerError(f"the server wrapper exited with {wrapper.returncode}")
-        path = f"/proc/{wrapper.pid}/ns/net"
         try:
-            if os.readlink(path) != mine:
-                return path
+            return os.readlink(path) != mine
         except FileNotFoundError:
-            pass
-        time.sleep(0.02)
-    raise MilvusServerError("the server wrapper did not enter its own network namespace")
+            return False
+
+    waiting = Retrying(retry=retry_if_result(lambda ok: not ok), wait=wait_fixed(0.02),
+                       stop=stop_after_delay(timeout_s), retry_error_callback=lambda state: False)  # fmt: skip
+    if not waiting(entered):
+        raise MilvusServerError("the server wrapper did not enter its own network namespace")
+    return path
 
 
 def wait_ready(server: MilvusServer, timeout_s: float) -> None:
-    """Until a client through the forwarder lists collections (the server is serving requests)."""
+    """Until a client through the forwarder lists collections (the server is serving requests);
+    tried every 0.5 s."""
     from pymilvus import MilvusClient
 
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
+    def answers() -> None:
         if not server.alive():
             raise MilvusServerError(f"the Milvus server exited during start; see {server.log_dir}")
+        client = MilvusClient(uri=server.uri, timeout=5.0)
         try:
-            client = MilvusClient(uri=server.uri, timeout=5.0)
-            try:
-                client.list_collections()
-                return
-            finally:
-                client.close()
-        except Exception as e:  # noqa: BLE001 - not up yet
-            last = e
-            time.sleep(0.5)
-    raise MilvusServerError(f"Milvus did not answer within {timeout_s}s (last error: {last}); see {server.log_dir}")
+            client.list_collections()
+        finally:
+            client.close()
+
+    waiting = Retrying(retry=retry_if_not_exception_type(MilvusServerError), wait=wait_fixed(0.5),
+                       stop=stop_after_delay(timeout_s), reraise=True)  # fmt: skip
+    try:
+        waiting(answers)
+    except MilvusServerError:
+        raise
+    except Exception as e:  # noqa: BLE001 - not up within the wait
+        raise MilvusServerError(f"Milvus did not answer within {timeout_s}s (last error: {e}); "
+                                f"see {server.log_dir}") from e  # fmt: skip
 
 
 # ---- the forwarder (runs inside the server's namespace) -------------------------------------------
@@ -243,16 +252,8 @@ async def _forward(listen_fd: int, target_port: int, watch_pid: int) -> None:
     sock = socket.socket(fileno=listen_fd)
     server = await asyncio.start_server(relay, sock=sock)
     async with server:
-        while _alive(watch_pid):  # the namespace's server went away: so does its door
+        while pid_alive(watch_pid):  # the namespace's server went away: so does its door
             await asyncio.sleep(0.5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,6 +34,7 @@ import httpx
 from config import Settings
 from deploy.broker import BrokerError, Program, broker_programs, for_storage, port_open, prepare_storage
 from deploy.stack import WORKERS, settings_env, worker_command
+from store.process import pid_alive
 from streams.topics import ensure_topics, partition_counts, topic_specs
 
 START_SECS = 3  # a program that lives this long counts as started (then a crash restarts it at once)
@@ -399,14 +400,4 @@ def down(run_dir: Path, timeout_s: float = 120.0) -> list[tuple[str, int]]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is gone for our purpose
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return pid_alive(pid)  # a zombie is gone for our purpose

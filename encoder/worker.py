@@ -52,6 +52,7 @@ from typing import NoReturn
 import numpy as np
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_not_exception_type, stop_before_delay, wait_exponential
 
 from config import Settings, load_settings
 from encoder.content import ContentEncoder
@@ -399,29 +400,40 @@ def stop_loudly(why: str) -> NoReturn:
     os._exit(EXIT_STOPPED)
 
 
+class _NoAck(TimeoutError):
+    """A send still pending at the deadline: not retried (it is never cancelled, see below)."""
+
+
 async def send_dead_letters(letters: list[DeadLetter]) -> None:
-    """Send each and wait for the broker's acks, retrying with backoff for `worker.send_timeout_ms`;
-    then stop the worker (a record that cannot be dead-lettered must not be acknowledged)."""
+    """Send each and wait for the broker's acks, retrying with backoff (0.5 s doubling to 5 s) while
+    the next try starts within `worker.send_timeout_ms`; then stop the worker (a record that cannot be
+    dead-lettered must not be acknowledged)."""
     if not letters:
         return
     timeout = settings.worker.send_timeout_ms / 1000
     deadline = time.monotonic() + timeout
-    delay = 0.5
-    while True:
+
+    async def send_once() -> None:
         # Waited on with a deadline, never cancelled: a send that is still pending at the deadline (the
         # producer waits for metadata of a topic the broker lacks) ends with the process in stop_loudly.
         send = asyncio.ensure_future(_send_all(letters))
         done, _ = await asyncio.wait({send}, timeout=max(0.0, deadline - time.monotonic()))
-        error = send.exception() if done else TimeoutError(f"no ack within {timeout}s")
-        if error is None:
-            break
-        if not done or time.monotonic() + delay >= deadline:
-            stop_loudly(f"{len(letters)} dead letters could not be sent to {settings.topics.items_dlq!r} within "
-                        f"{timeout}s (worker.send_timeout_ms): {type(error).__name__}: {error}")  # fmt: skip
+        if not done:
+            raise _NoAck(f"no ack within {timeout}s")
+        send.result()
+
+    def warn(state: RetryCallState) -> None:
+        error = state.outcome.exception()
         log.warning("sending %d dead letters failed (%s: %s): retrying in %.1fs", len(letters),
-                    type(error).__name__, error, delay)  # fmt: skip
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)
+                    type(error).__name__, error, state.upcoming_sleep)  # fmt: skip
+
+    retrying = AsyncRetrying(retry=retry_if_not_exception_type(_NoAck), wait=wait_exponential(0.5, max=5.0),
+                             stop=stop_before_delay(timeout), before_sleep=warn, reraise=True)  # fmt: skip
+    try:
+        await retrying(send_once)
+    except Exception as error:  # noqa: BLE001 - every failure stops the worker, with its reason
+        stop_loudly(f"{len(letters)} dead letters could not be sent to {settings.topics.items_dlq!r} within "
+                    f"{timeout}s (worker.send_timeout_ms): {type(error).__name__}: {error}")  # fmt: skip
     DEAD_LETTERS.labels(WORKER).inc(len(letters))
 
 
@@ -432,17 +444,15 @@ async def _send_all(letters: list[DeadLetter]) -> None:
 
 
 async def until_done(fn, *args, doing: str):
-    """Run `fn` in the executor; retry on errors (they are not about one record, and giving up on the
-    batch would skip it)."""
-    delay = 0.5
-    while True:
-        try:
-            return await in_executor(fn, *args)
-        except Exception:  # noqa: BLE001
-            STORE_RETRIES.inc()
-            log.exception("%s failed: retrying in %.1fs", doing, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+    """Run `fn` in the executor; retry on errors, forever, backing off from 0.5 s doubling to 30 s
+    (they are not about one record, and giving up on the batch would skip it)."""
+
+    def count_and_log(state: RetryCallState) -> None:
+        STORE_RETRIES.inc()
+        log.error("%s failed: retrying in %.1fs", doing, state.upcoming_sleep, exc_info=state.outcome.exception())
+
+    retrying = AsyncRetrying(wait=wait_exponential(0.5, max=30.0), before_sleep=count_and_log)
+    return await retrying(in_executor, fn, *args)
 
 
 async def handle_batch(events) -> None:

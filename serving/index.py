@@ -19,7 +19,8 @@ and answers from it; the vector store stays the durable record, and this copy fo
   the copy's; when the store holds fewer rows, the ids are listed and the missing ones dropped.
 So the copy lags the store by at most about `sync_s` (two syncs when a delete races an insert).
 
-Snapshots and indexes are immutable: a sync builds a new `ItemIndex` and swaps it in.
+Snapshots and indexes are immutable: a sync builds a new `ItemIndex` and swaps it in. At catalogue
+scale the index is approximate (`serving.index`, serving/ann.py `AnnIndex`: the same interface).
 """
 
 from __future__ import annotations
@@ -170,8 +171,11 @@ class ModelFollower:
 
     def __init__(self, registry: ModelRegistry, store: VectorStore, in_memory: bool,
                  on_content_change: Callable[[list[str]], None] | None = None,
-                 on_switch: Callable[[ModelSnapshot, float], None] | None = None):  # fmt: skip
+                 on_switch: Callable[[ModelSnapshot, float], None] | None = None,
+                 make_index: Callable[[ItemIndex], ItemIndex] | None = None):  # fmt: skip
         self.registry, self.store, self.in_memory = registry, store, in_memory
+        # exact or approximate (serving/ann.py `index_chooser`); applied to every new index
+        self.make_index = make_index or (lambda index: index)
         self.current = CurrentFollower(registry)
         self.on_content_change = on_content_change
         self.on_switch = on_switch
@@ -192,7 +196,7 @@ class ModelFollower:
             return False
         t0, started = time.perf_counter(), time.time()
         model, _ = load_checkpoint(current.path)
-        index = load_index(self.store, current.collection) if self.in_memory else None
+        index = self.make_index(load_index(self.store, current.collection)) if self.in_memory else None
         snap = ModelSnapshot(current.name, current.collection, model, index, time.time(), model.cfg.max_seq_len)
         self.snapshot = snap
         self.current.accept(current)
@@ -232,6 +236,8 @@ class ModelFollower:
             if self.store.count(snap.collection) < len(index):  # something was deleted
                 present = {r["item_id"] for r in self.store.scan(snap.collection, [])}
                 index = index.with_changes([], {i for i in index.ids if i not in present})
+            if index is not snap.index:
+                index = self.make_index(index)  # "auto" may cross its threshold
         if stale and self.on_content_change:
             self.on_content_change(stale)
         if self.snapshot is snap:  # not replaced by a version switch meanwhile

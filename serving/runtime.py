@@ -8,6 +8,7 @@ import threading
 import torch
 
 from config import Settings
+from serving.ann import index_chooser
 from serving.content import ContentCache
 from serving.index import ModelFollower
 from serving.metrics import ApiMetrics
@@ -30,7 +31,8 @@ class Runtime:
         self.titles = TitleReader(settings.titles_path)
         self.content = ContentCache(self.store, s.content_cache_items)
         self.follower = ModelFollower(open_registry(settings), self.store, s.search == "memory",
-                                      on_content_change=self.content.invalidate, on_switch=self._switched)  # fmt: skip
+                                      on_content_change=self.content.invalidate, on_switch=self._switched,
+                                      make_index=index_chooser(s))  # fmt: skip
         self.recommender = Recommender(settings, self.state, self.follower, self.content, self.titles, self.store,
                                        Popularity(settings, state=self.state), metrics.search.observe,
                                        lambda n, _: metrics.batch.observe(n))  # fmt: skip

@@ -11,10 +11,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, create_model
 
-from streams.schemas import MAX_ID_CHARS
+from streams.schemas import ID_PATTERN, MAX_ID_CHARS
 
 Fallback = Literal["none", "popular"]
-ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 MAX_HISTORY = 1000  # history items in one request
 MAX_FILTER_IDS = 10_000  # ids in `exclude` or `only`
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from rocksdict import AccessType, Options, Rdict, WriteBatch
+from tenacity import Retrying, before_sleep_log, stop_after_delay, wait_fixed
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +48,20 @@ class EmbeddingCache:
 
     # -- opening -------------------------------------------------------------------------------
     def _open(self) -> None:
+        """Open read-write, retrying every 0.2 s while another process holds the lock, for at most
+        `lock_wait_s`; then read-only (puts are skipped)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.lock_wait_s
-        while True:
-            try:
-                self._db = Rdict(str(self.path), options=Options(raw_mode=True))
-                self._read_only = False
-                return
-            except Exception as e:  # the lock is held by another process
-                if time.monotonic() > deadline:
-                    if not self.path.exists():
-                        raise
-                    log.warning("embedding cache %s is locked (%s): opening read-only", self.path, e)
-                    self._db = Rdict(
-                        str(self.path),
-                        options=Options(raw_mode=True),
-                        access_type=AccessType.read_only(),
-                    )
-                    self._read_only = True
-                    return
-                time.sleep(0.2)
+        retrying = Retrying(stop=stop_after_delay(self.lock_wait_s), wait=wait_fixed(0.2), reraise=True,
+                            before_sleep=before_sleep_log(log, logging.DEBUG))  # fmt: skip
+        try:
+            self._db = retrying(Rdict, str(self.path), options=Options(raw_mode=True))
+            self._read_only = False
+        except Exception as e:  # the lock is held by another process
+            if not self.path.exists():
+                raise
+            log.warning("embedding cache %s is locked (%s): opening read-only", self.path, e)
+            self._db = Rdict(str(self.path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+            self._read_only = True
 
     def __enter__(self) -> "EmbeddingCache":
         if self._depth == 0:

@@ -43,7 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tenacity import (Retrying, before_sleep_log, retry_if_exception, retry_if_exception_type, stop_after_delay,
+                      wait_fixed)
 
+from store.process import pid_alive
 from store.registry import ITEMS_PREFIX, items_collection  # noqa: F401 - the naming rule lives with the versions
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,10 @@ class StoreUnavailable(RuntimeError):
     """No host answered for a local store within the wait, or the server is unreachable."""
 
 
+class _NoHost(Exception):
+    """One try at a milvus-lite path found no host that answers (its cause: the client's error)."""
+
+
 def _is_connection_error(e: Exception) -> bool:
     text = f"{type(e).__name__} {e}".lower()
     return any(s in text for s in ("unavailable", "connect", "deadline", "socket closed", "channel"))
@@ -95,16 +102,6 @@ def _quiet_unimplemented(record: logging.LogRecord) -> bool:
     """milvus-lite lacks AllocTimestamp, which pymilvus calls (and survives) after creating an index:
     drop the server's traceback for it."""
     return "Method not implemented" not in record.getMessage() and "AllocTimestamp" not in str(record.exc_info)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class VectorStore:
@@ -125,62 +122,71 @@ class VectorStore:
 
     # ---- opening ------------------------------------------------------------------------------
     def open(self) -> "VectorStore":
+        """Connect: as the host or a guest of a milvus-lite path, or to a Milvus server; retried every
+        0.1 s (a path) or 0.5 s (a server) for `wait_s`, then StoreUnavailable."""
         if self._client is not None:
             return self
-        from pymilvus import MilvusClient
-
         if self.is_remote:
             self._open_server()
             return self
         path = Path(self.uri)
         path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.wait_s
-        last_error: Exception | None = None
-        while True:
-            endpoint = self._try_host(path)
-            mode = "host"
-            if endpoint is None:  # another process holds the file: be its guest
-                endpoint, mode = self._read_endpoint(path), "guest"
-            if endpoint:
-                try:
-                    self._client = MilvusClient(uri=endpoint, timeout=5.0, grpc_options=LOOPBACK_GRPC)
-                    if mode == "host":  # milvus-lite re-opens collections released: load them
-                        self._load_released()
-                    else:
-                        self._client.list_collections()  # the host answers
-                    self.mode = mode
-                    log.info("vector store %s opened as %s (%s)", path, mode, endpoint)
-                    return self
-                except Exception as e:  # a host that just went away, or not ready yet
-                    last_error = e
-                    self._client = None
-                    self._stop_hosting(path)
-            if time.monotonic() > deadline:
-                raise StoreUnavailable(f"vector store {path}: no host answered within {self.wait_s}s "
-                                       f"(last error: {last_error})")  # fmt: skip
-            time.sleep(0.1)
+        try:
+            self._retrying(0.1, retry_if_exception_type(_NoHost))(self._open_path, path)
+        except _NoHost as e:
+            raise StoreUnavailable(f"vector store {path}: no host answered within {self.wait_s}s "
+                                   f"(last error: {e.__cause__})") from e.__cause__  # fmt: skip
+        return self
+
+    def _retrying(self, every_s: float, retry) -> Retrying:
+        """The opening policy: try again every `every_s` while `retry` says so, for `wait_s` at most."""
+        return Retrying(retry=retry, wait=wait_fixed(every_s), stop=stop_after_delay(self.wait_s), reraise=True,
+                        before_sleep=before_sleep_log(log, logging.DEBUG))  # fmt: skip
+
+    def _open_path(self, path: Path) -> None:
+        """One try at a milvus-lite path: host it, or be the guest of the process that does."""
+        from pymilvus import MilvusClient
+
+        endpoint, mode = self._try_host(path), "host"
+        if endpoint is None:  # another process holds the file: be its guest
+            endpoint, mode = self._read_endpoint(path), "guest"
+        if not endpoint:
+            raise _NoHost("no endpoint yet")  # the host has not written it yet
+        try:
+            self._client = MilvusClient(uri=endpoint, timeout=5.0, grpc_options=LOOPBACK_GRPC)
+            if mode == "host":  # milvus-lite re-opens collections released: load them
+                self._load_released()
+            else:
+                self._client.list_collections()  # the host answers
+        except Exception as e:  # a host that just went away, or not ready yet
+            self._client = None
+            self._stop_hosting(path)
+            raise _NoHost(str(e)) from e
+        self.mode = mode
+        log.info("vector store %s opened as %s (%s)", path, mode, endpoint)
 
     def _open_server(self) -> None:
         """Connect to a Milvus server, retrying for `wait_s` (it may be restarting), and load every
         collection: a (re)started server keeps them released, and a search on a released collection
-        fails ("collection not loaded")."""
+        fails ("collection not loaded"). Any other error (e.g. a refused token) fails at once."""
+        try:
+            self._retrying(0.5, retry_if_exception(_is_connection_error))(self._connect_server)
+        except Exception as e:
+            if not _is_connection_error(e):
+                raise
+            raise StoreUnavailable(f"Milvus server {self.uri} unreachable for {self.wait_s}s: {e}") from e
+
+    def _connect_server(self) -> None:
         from pymilvus import MilvusClient
 
-        deadline = time.monotonic() + self.wait_s
-        while True:
-            try:
-                self._client = MilvusClient(uri=self.uri, token=self.token, timeout=min(self.wait_s, 10.0))
-                self._load_released()
-                self.mode = "server"
-                log.info("vector store opened on the Milvus server %s", self.uri)
-                return
-            except Exception as e:
-                self._close_client()
-                if not _is_connection_error(e):
-                    raise  # e.g. a refused token: no waiting fixes it
-                if time.monotonic() > deadline:
-                    raise StoreUnavailable(f"Milvus server {self.uri} unreachable for {self.wait_s}s: {e}") from e
-                time.sleep(0.5)
+        try:
+            self._client = MilvusClient(uri=self.uri, token=self.token, timeout=min(self.wait_s, 10.0))
+            self._load_released()
+        except Exception:
+            self._close_client()
+            raise
+        self.mode = "server"
+        log.info("vector store opened on the Milvus server %s", self.uri)
 
     def _load_released(self) -> None:
         """Load each collection that is not loaded (loading a loaded one would also be harmless)."""
@@ -213,7 +219,7 @@ class VectorStore:
             info = json.loads((path / ENDPOINT_FILE).read_text())
         except (FileNotFoundError, ValueError):
             return None  # the host has not written it yet
-        return info["uri"] if _pid_alive(int(info["pid"])) else None
+        return info["uri"] if pid_alive(int(info["pid"])) else None
 
     def _stop_hosting(self, path: Path | None = None) -> None:
         if self._server is None:

@@ -34,7 +34,9 @@ reaches (`o/changelog`). aiokafka keeps one produce request per broker in flight
 partition while its batch is in flight, so a partition's records land in the order they were sent:
 a batch's offsets record comes after its user records.
 
-Restore on assignment: before a state partition is used, the worker produces a marker record to its
+Restore on assignment: the assigned partitions are paused until their state is restored and they
+are sought (a fetch meanwhile would move positions that the seek must decide; measured: without the
+pause the exactly-once test lost events). Before a state partition is used, the worker produces a marker record to its
 changelog partition and takes the marker's offset M from the acknowledgement, then reads the
 partition from the database's `o/changelog` (0 for a missing database) until it sees that marker at
 M. That end comes from the broker's answer to our own write, never from an end-offset request
@@ -46,6 +48,10 @@ atomic write with the window keys derived from the events' times; THEN the input
 (restored) offsets. A database ahead of its changelog (the changelog was recreated or its broker
 restarted empty, or the database predates the changelog) publishes its whole state to the changelog
 instead. A restore that fails (broker away past `worker.restore_timeout_s`) stops the worker.
+
+A batch whose partition is revoked while its sends are in flight is not written locally (the
+database object it was computed from is closed; the partition's owner applies it again, or restored
+it from the changelog).
 
 Not fenced: two owners of one partition at once (a paused old owner that wakes up after its
 partitions moved) could both write the changelog; the group protocol is the only guard, as it is

@@ -8,7 +8,7 @@ trainer "trainer"), since a database has one writer. Opening it catches up compl
 `catch_up` calls fetch until a fetch returns nothing or `max_s` passed (short: the API calls it under
 its state lock). It needs no end offset, so Tansu's approximate end offsets do not matter here.
 
-`state_reader(settings)`: `state.reader = "secondary"` opens the workers' databases on this machine
+`state_reader(settings, name)`: `state.reader = "secondary"` opens the workers' databases on this machine
 (store/state.py StateReader, the fast path); "changelog" keeps a replica (any machine).
 """
 

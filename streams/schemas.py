@@ -25,6 +25,7 @@ from pydantic import (
 
 SCHEMA_VERSION = 1
 MAX_ID_CHARS = 128
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # an id holds no control character (the API's ids follow this rule)
 MAX_RECORD_BYTES = 8 * 1024 * 1024  # larger payloads are dead-lettered, not parsed
 # The interaction worker's dead letters carry at most this much of the original payload (a Kafka
 # request's default limit is 1 MiB, and a letter that cannot be sent stops the worker; a valid
@@ -36,7 +37,7 @@ MAX_FUTURE_S = 24 * 3600.0
 
 Id = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN),
 ]
 EventTime = Annotated[float, Field(allow_inf_nan=False)]
 

@@ -17,22 +17,24 @@ def catalogue(n_items: int = 40, seed: int = 7) -> dict[str, dict]:
                           "description": " ".join(rng.choices(WORDS, k=8))} for i in range(n_items)}  # fmt: skip
 
 
-def events(items: list[str], n_users: int = 60, per_user: int = 7, seed: int = 7) -> list[tuple[str, str, float]]:
-    """(user, item, unix time) per event; each user's items follow a theme so there is signal."""
+def events(items: list[str], n_users: int = 60, per_user: int = 7, seed: int = 7,
+           extra: int = 0) -> list[tuple[str, str, float]]:  # fmt: skip
+    """(user, item, unix time) per event; each user's items follow a theme so there is signal.
+    `extra` > 0: user u has per_user + (u % (extra + 1)) events (sequences of different lengths)."""
     rng = random.Random(seed)
     out = []
     for u in range(n_users):
         start = rng.randrange(len(items))
-        seq = [items[(start + 2 * k + rng.randrange(2)) % len(items)] for k in range(per_user)]
+        seq = [items[(start + 2 * k + rng.randrange(2)) % len(items)] for k in range(per_user + u % (extra + 1))]
         out += [(f"U{u:03d}", i, 1_600_000_000 + 3600 * k + 60 * u) for k, i in enumerate(seq)]
     return out
 
 
-def write_plain(root: Path, n_items: int = 40, n_users: int = 60, shuffle: bool = True) -> Path:
+def write_plain(root: Path, n_items: int = 40, n_users: int = 60, shuffle: bool = True, extra: int = 0) -> Path:
     """interactions.csv (rows shuffled: order comes from the timestamps) + items.jsonl."""
     root.mkdir(parents=True, exist_ok=True)
     items = catalogue(n_items)
-    evs = events(list(items), n_users)
+    evs = events(list(items), n_users, extra=extra)
     if shuffle:
         random.Random(1).shuffle(evs)
     with open(root / "interactions.csv", "w", newline="") as f:

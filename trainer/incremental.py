@@ -8,7 +8,9 @@ For each closed window [start, end) (tumbling, `trainer.window_s` of event time,
 2. train: the sequences (cut at `end`: never the future) of the users who changed in the window, plus a
    replay sample of older users against forgetting, for a bounded number of optimiser steps,
    warm-started from the current version with its optimiser state; each changed user's last event of
-   the window is held out;
+   the window is held out. As offline (issue 17), the towers train without the content-kNN term and
+   the history penalty, which are then chosen on the held-out events (trainer/history.choose_knn_blend)
+   and published with the weights, so the served model is the offline one;
 3. gate: the candidate and the current version are scored on the held-out events; a candidate worse by
    more than `trainer.promote_margin` NDCG@10 is published but not promoted (logged), and training
    continues from the promoted weights;
@@ -45,6 +47,7 @@ from store.state import Entry, StateReader
 from streams.replica import state_reader
 from store.vectors import CONTENT, VectorStore
 from trainer.evaluation import evaluate_examples
+from trainer.history import choose_knn_blend
 from trainer.offline import length_bucketed_batches, model_scorer, train_step
 from trainer.publish import Publisher, load_version, read_content
 from trainer.towers import LEARN, Features, TowerConfig
@@ -130,6 +133,31 @@ class OnlineLearner:
                 break
         self.model.eval()
         return {"steps": done, "loss": float(np.mean(losses)), "samples": samples}
+
+    # -- issue 17's post-training step, as offline (trainer/offline.train_model) -------------------
+    def clear_blend(self) -> None:
+        """Zero the terms `choose_blend` sets (the kNN weight; the history penalty where it is not
+        learned), so a window trains the towers as offline training does: without them."""
+        h = self.model.history
+        if h is None or not self.cfg.history_knn_blend:
+            return
+        with torch.no_grad():
+            h.knn_weight.fill_(0.0)
+            if h.age_bias is not None and not h.age_bias.requires_grad:
+                h.age_bias.fill_(0.0)
+
+    def choose_blend(self, examples: list[tuple[list[int], int]], at_most: int = 0) -> dict | None:
+        """After training: the kNN weight and history penalty with the best NDCG@10 (mean of both
+        conventions) on `examples`, a random `at_most` of them (0: all) (trainer/history.choose_knn_blend,
+        offline's choice on validation); None when the settings do not blend (or there is nothing to
+        choose on: the terms stay cleared)."""
+        if not (self.cfg.history_knn_blend and self.model.history is not None and examples):
+            return None
+        if 0 < at_most < len(examples):
+            examples = self.rng.sample(examples, at_most)
+        examples = sorted(examples, key=lambda e: len(e[0]))
+        chosen = choose_knn_blend(self.model, lambda m: model_scorer(m, self.cfg.max_seq_len), examples)
+        return {"weight": chosen["weight"], "penalty": chosen["penalty"]}
 
     # -- state (weights + optimiser) -------------------------------------------------------------
     def load(self, weights: dict, opt_state: dict | None) -> None:
@@ -300,7 +328,9 @@ class IncrementalTrainer:
         train_seqs, held, replay_users = self.training_set(w)
         held_current = self.learner.evaluate(held) if has_current else {}
         before = self.learner.snapshot()
+        self.learner.clear_blend()
         train = self.learner.train(train_seqs, self.ts.steps_per_window, self.ts.batch_size, self.ts.max_train_s)
+        train["knn_blend"] = self.learner.choose_blend(held, self.ts.blend_examples)  # then gated on all of held
         held_candidate = self.learner.evaluate(held)
         promote = gate(held_current if has_current else None, held_candidate, self.ts.promote_margin)
         train_s = time.perf_counter() - t0

@@ -62,11 +62,13 @@ from tqdm.auto import tqdm
 from config.settings import EncoderSettings, ModelSettings, Settings
 from encoder.pooling import l2_normalize, mean_pairwise_cosine
 from streams.datasets import DatasetSource, resolve
+from trainer import distributed
 from trainer.checkpoint import save_checkpoint
 from trainer.data import RecData, load_source
-from trainer.evaluation import evaluate_both_protocols
+from trainer.distributed import SINGLE, DistContext
+from trainer.evaluation import PROTOCOLS, evaluate_both_protocols, metrics_from_ranks, split_ranks
 from trainer.history import choose_knn_blend
-from trainer.towers import LEARN, Features, TowerConfig, pad_sequences
+from trainer.towers import LEARN, Features, TowerConfig, item_tower_class, pad_sequences
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +146,41 @@ def build_model(ms: ModelSettings, raw: np.ndarray, features: Features | None = 
     return LEARN(cfg, torch.from_numpy(np.asarray(raw, np.float32)), features)
 
 
-def train_step(model: LEARN, opt: torch.optim.Optimizer, seqs: list[list[int]], max_len: int) -> float:
-    """One optimiser step on a batch of training sequences (ids, oldest first); -> the loss."""
+def train_step(model: LEARN, opt: torch.optim.Optimizer, seqs: list[list[int]], max_len: int,
+               loss_of=None, weight: float = 1.0) -> float:  # fmt: skip
+    """One optimiser step on a batch of training sequences (ids, oldest first); -> the loss.
+    `loss_of`: batch -> loss (default the model's; DDP's wrapper in a distributed run), whose
+    gradient is taken `weight` times (trainer/distributed.py: shard_weight)."""
     seq, lens = pad_sequences(seqs, model.pad_id, max_len)
-    loss = model.calculate_loss({"item_seq": seq, "item_seq_len": lens})
+    loss = (loss_of or model.calculate_loss)({"item_seq": seq, "item_seq_len": lens})
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * weight).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     return loss.item()
+
+
+def shard_step(model: LEARN, loss_of, opt: torch.optim.Optimizer, seqs: list[list[int]], max_len: int,
+               ctx: DistContext) -> float:  # fmt: skip
+    """One optimiser step on the global batch `seqs`, this rank computing its share (all of it in
+    one process); -> this rank's part of the batch's mean loss (the parts sum to it over the ranks).
+    A rank whose share is empty (a batch smaller than the world) still joins the all-reduce, with a
+    zero-weighted sequence."""
+    mine = distributed.shard(seqs, ctx)
+    weight = distributed.shard_weight(distributed.anchors(mine, max_len), distributed.anchors(seqs, max_len), ctx.world_size)
+    if not mine:
+        mine, weight = seqs[:1], 0.0
+    return train_step(model, opt, mine, max_len, loss_of, weight) * weight / ctx.world_size
+
+
+def evaluate_split(scorer, examples: list, ctx: DistContext = SINGLE) -> dict:
+    """evaluate_both_protocols over `examples`; in a distributed run each rank ranks its share and
+    every rank gets the metrics of all of them (the same numbers on every rank)."""
+    if not ctx.active:
+        return evaluate_both_protocols(scorer, examples)
+    mine = distributed.shard(examples, ctx)
+    ranks = split_ranks(scorer, mine, PROTOCOLS) if mine else {n: torch.zeros(0, dtype=torch.long) for n in PROTOCOLS}
+    return {n: metrics_from_ranks(distributed.gather_interleaved(ranks[n], len(examples), ctx)) for n in PROTOCOLS}
 
 
 def model_scorer(model: LEARN, max_len: int):
@@ -195,13 +223,19 @@ class TrainOutcome:
 
 
 def train_model(
-    data: RecData, raw: np.ndarray, ms: ModelSettings, progress: bool = True, features: Features | None = None
-) -> TrainOutcome:
+    data: RecData, raw: np.ndarray, ms: ModelSettings, progress: bool = True, features: Features | None = None,
+    ctx: DistContext = SINGLE,
+) -> TrainOutcome | None:
     """Train on raw content embeddings (N, d_raw) with early stopping on validation NDCG@10; test once
-    with the best weights. `features`: the feature step already fitted on `raw` (else fitted here)."""
+    with the best weights. `features`: the feature step already fitted on `raw` (else fitted here).
+    `ctx`: this rank of a data-parallel run (trainer/distributed.py); every rank trains, rank 0 alone
+    tests and returns the outcome (the others return None)."""
     t0 = time.perf_counter()
     seed_everything(ms.seed)
     model = build_model(ms, raw, features)
+    if ctx.active:  # the same initial weights everywhere, but each rank its own dropout masks
+        torch.manual_seed(ms.seed + ctx.rank)
+    loss_of = distributed.loss_function(model, ctx)
     opt = torch.optim.AdamW(model.parameters(), lr=ms.lr, weight_decay=ms.weight_decay)
     seqs = [s for s in data.train if len(s) >= 2]
     rng = random.Random(ms.seed)
@@ -214,8 +248,9 @@ def train_model(
         model.train()
         total, n = 0.0, 0
         for batch in length_bucketed_batches([len(x) for x in seqs], ms.batch_size, rng):
-            total, n = total + train_step(model, opt, [seqs[j] for j in batch], ms.max_seq_len), n + 1
-        both = evaluate_both_protocols(model_scorer(model, ms.max_seq_len), valid_examples)
+            total, n = total + shard_step(model, loss_of, opt, [seqs[j] for j in batch], ms.max_seq_len, ctx), n + 1
+        total = distributed.all_sum(total, ctx)
+        both = evaluate_split(model_scorer(model, ms.max_seq_len), valid_examples, ctx)
         valid = both["history_excluded"]  # early stopping stays on the history-excluded NDCG@10
         curve.append({"epoch": epoch, "loss": total / max(n, 1), **{f"valid_{k}": v for k, v in valid.items()},
                       **{f"valid_recbole_{k}": v for k, v in both["recbole"].items()}})  # fmt: skip
@@ -230,6 +265,8 @@ def train_model(
         if bad >= ms.patience:
             break
     model.load_state_dict(best_state)
+    if not ctx.is_main:
+        return None
     blend = choose_knn_blend(model, lambda m: model_scorer(m, ms.max_seq_len), valid_examples) if ms.history_knn_blend else None
     scorer = model_scorer(model, ms.max_seq_len)
     valid = evaluate_both_protocols(scorer, valid_examples)
@@ -287,36 +324,48 @@ def run_train(
 ) -> dict:
     """Encode (cached) -> features -> train/evaluate -> results.json, curve.png, checkpoint/.
     `dataset`: a name from the settings' datasets, a folder, or a DatasetSource. The run directory
-    is created only once the data is loaded, and removed again if the run fails."""
+    is created only once the data is loaded, and removed again if the run fails.
+    Under torchrun (trainer/distributed.py) every rank trains its share and rank 0 alone writes the
+    run directory and returns the record; the other ranks return {}."""
     t0 = time.perf_counter()
     s = settings or Settings()
     ms = s.model
     if threads:
         torch.set_num_threads(threads)
-    src = dataset_source(s, dataset)
-    run_dir = Path(run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S"))
-    data = load_source(src, history_cap=ms.max_seq_len).subsample(users, seed=ms.seed)
-    created = not run_dir.exists()
+    ctx = distributed.init()
     try:
-        return _run_loaded(s, src, data, run_dir, model, progress, t0)
-    except BaseException:
-        if created and run_dir.exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+        src = dataset_source(s, dataset)
+        run_dir = Path(run_dir or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S"))
+        data = load_source(src, history_cap=ms.max_seq_len).subsample(users, seed=ms.seed)
+        created = not run_dir.exists()
+        try:
+            return _run_loaded(s, src, data, run_dir, model, progress and ctx.is_main, t0, ctx)
+        except BaseException:
+            if ctx.is_main and created and run_dir.exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+    finally:
+        distributed.cleanup(ctx)
 
 
 def _run_loaded(s: Settings, src: DatasetSource, data: RecData, run_dir: Path, model: str, progress: bool,
-                t0: float) -> dict:  # fmt: skip
+                t0: float, ctx: DistContext = SINGLE) -> dict:  # fmt: skip
     ms, enc = s.model, s.encoder
     dataset = src.name
-    features, encoder_id, encode_stats, anisotropy = None, None, None, None
-    if model != "popularity":
+    raw, features, encoder_id, encode_stats, anisotropy = None, None, None, None, None
+    if model != "popularity" and ctx.is_main:  # one process opens the embedding cache
         t_enc = time.perf_counter()
         raw, encoder_id, stats = encode_catalogue(data, enc, s, progress)
         encode_stats = {"seconds": time.perf_counter() - t_enc, "cache_hits": stats.cache_hits,
                         "encoded": stats.encoded, "truncated": stats.truncated}  # fmt: skip
         anisotropy = mean_pairwise_cosine(raw)
         features = content_features(raw, ms.whiten, ms.whiten_dim)
+    if not ctx.is_main:  # the other ranks only train; rank 0 evaluates the rest and writes the run
+        if model == "learn":
+            train_model(data, distributed.broadcast_array(None, ctx), ms, False, ctx=ctx)
+        return {}
+    if model == "learn":
+        raw = distributed.broadcast_array(raw, ctx)
 
     baselines = evaluate_baselines(data, features)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -333,7 +382,7 @@ def _run_loaded(s: Settings, src: DatasetSource, data: RecData, run_dir: Path, m
         "baselines": baselines,
     }
     if model == "learn":
-        out = train_model(data, raw, ms, progress)  # the model fits its own feature step on raw
+        out = train_model(data, raw, ms, progress, ctx=ctx)  # the model fits its own feature step on raw
         at_cap = stopped_at_epoch_cap(out.curve, out.best_epoch, ms.max_epochs, ms.patience)
         if at_cap:
             log.warning("training stopped at the epoch cap (%d epochs) while validation NDCG@10 was still "
@@ -343,6 +392,8 @@ def _run_loaded(s: Settings, src: DatasetSource, data: RecData, run_dir: Path, m
             metrics_recbole_protocol=out.test_metrics_recbole, valid_metrics_recbole_protocol=out.valid_metrics_recbole,
             best_epoch=out.best_epoch, curve=out.curve, train_seconds=out.seconds, knn_blend=out.knn_blend,
             parameters=out.model.num_parameters(), stopped_at_epoch_cap=at_cap,
+            distributed={"world_size": ctx.world_size, "backend": distributed.BACKEND if ctx.active else None,
+                         "threads_per_rank": torch.get_num_threads()},
         )  # fmt: skip
         plot_curve(out.curve, run_dir / "curve.png", f"LEARN-({ms.item_tower}) {enc.model}, {dataset}")
         save_checkpoint(out.model, run_dir / "checkpoint", metrics=out.test_metrics,
@@ -384,6 +435,7 @@ def train_cli(
                  "dense_weight": dense_weight}  # fmt: skip
     ms = settings.model.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     ms = ModelSettings.model_validate(ms.model_dump())  # re-validate the overridden values
+    item_tower_class(ms.item_tower)  # an unknown variant fails here, before anything loads
     enc = settings.encoder.model_copy(update={"model": encoder} if encoder else {})
     s = settings.model_copy(update={"model": ms, "encoder": enc})
     if model not in MODELS:
@@ -392,6 +444,8 @@ def train_cli(
     tag = f"{model}-{ms.item_tower}" if model == "learn" else model
     run_dir = Path(run_dir or Path("runs") / time.strftime(f"train-{tag}-%Y%m%d-%H%M%S"))
     res = run_train(s, src, run_dir, users=users, model=model, progress=progress, threads=threads)
+    if not res:  # a rank other than 0 of a distributed run: rank 0 reports
+        return res
     dataset = src.name
     m, b = res["metrics"], res["baselines"]
     print(f"{res['model']} ({res['encoder']}) on {dataset}, {res['users']} users, seed {res['seed']}: "

@@ -59,7 +59,7 @@ class TowerConfig:
     d_out: int = 64
     dropout: float = 0.2
     max_seq_len: int = 50
-    item_tower: str = "a"  # a | b | c (ITEM_TOWERS)
+    item_tower: str = "a"  # a name in ITEM_TOWERS (checked here: item_tower_class)
     use_id_embedding: bool = False
     loss: str = "full_softmax"  # full_softmax | dense_all_action | dense_full | in_batch
     temperature: float = 0.07
@@ -75,6 +75,7 @@ class TowerConfig:
 
     def __post_init__(self) -> None:
         self.d_raw = self.d_raw or self.d_llm
+        item_tower_class(self.item_tower)  # the settings accept any name: an unknown one stops here
 
     @classmethod
     def from_settings(cls, ms: ModelSettings, n_items: int, d_raw: int, d_llm: int | None = None) -> "TowerConfig":
@@ -262,19 +263,28 @@ class ContentItemTower(nn.Module):
 ITEM_TOWERS = {"a": ContextualItemTower, "b": SingleItemTower, "c": ContentItemTower}  # TowerConfig.item_tower
 
 
+class UnknownItemTower(ValueError):
+    """`model.item_tower` names no variant of ITEM_TOWERS."""
+
+
+def item_tower_class(name: str) -> type[nn.Module]:
+    """The item tower variant called `name` (settings `model.item_tower`): the one list is ITEM_TOWERS."""
+    if name not in ITEM_TOWERS:
+        raise UnknownItemTower(f"unknown item tower {name!r} (model.item_tower): one of {', '.join(sorted(ITEM_TOWERS))}")
+    return ITEM_TOWERS[name]
+
+
 class LEARN(nn.Module):
     """Features + user tower + item tower + loss, over a table of the catalogue's features."""
 
     def __init__(self, cfg: TowerConfig, raw: torch.Tensor | None = None, features: Features | None = None):
         super().__init__()
-        if cfg.item_tower not in ITEM_TOWERS:
-            raise ValueError(f"unknown item tower {cfg.item_tower!r}: one of {sorted(ITEM_TOWERS)}")
         self.cfg = cfg
         self.features = features if features is not None else Features(cfg.d_raw, cfg.d_llm)
         assert (self.features.mean.shape[0], self.features.d_out) == (cfg.d_raw, cfg.d_llm), cfg
         self.pcm = PreferenceComprehension(cfg)
         self.user_tower = UserTower()
-        self.item_tower = ITEM_TOWERS[cfg.item_tower](cfg)
+        self.item_tower = item_tower_class(cfg.item_tower)(cfg)
         # (N + 1, d_llm) features of the catalogue; the last row is the padding item. Not saved.
         self.register_buffer("content", torch.zeros(1, cfg.d_llm), persistent=False)
         self.history = (

@@ -264,3 +264,38 @@ def test_a_token_is_required_when_configured_and_when_not_on_loopback(deployment
         assert c.get("/users/user1/recommendations", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/users/user1/recommendations", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/health").status_code == 200  # probes stay open
+
+
+def test_the_api_answers_from_the_ann_index_as_from_the_exact_one(deployment):
+    """serving.index = "ann" with every cell scored answers what the exact index answers, and follows
+    an upserted and then deleted item (the ANN index's fresh rows and stale labels)."""
+    settings, store, content = deployment
+    asks = [("get", f"/users/user{u}/recommendations", {"k": 7}) for u in range(1, 6)]
+    asks += [("get", "/items/item4/similar", {"k": 5}),
+             ("post", "/recommendations", {"history": ["item5", "item6"], "k": 6, "filter": {"exclude": ["item9"]}})]  # fmt: skip
+
+    def answers(c):
+        got = [c.get(p, params=a) if m == "get" else c.post(p, json=a) for m, p, a in asks]
+        assert all(r.status_code == 200 for r in got), [r.text for r in got]
+        return [[x["item_id"] for x in r.json()["items"]] for r in got]
+
+    with Api(settings) as api, httpx.Client(base_url=api.url, timeout=10) as c:
+        want = answers(c)
+        assert type(api.server.config.app.state.runtime.follower.snapshot.index).__name__ == "ItemIndex"
+    ann = settings.model_copy(update={"serving": settings.serving.model_copy(
+        update={"index": "ann", "ann_nlist": 4, "ann_nprobe": 4, "port": free_port()})})  # fmt: skip
+    with Api(ann) as api, httpx.Client(base_url=api.url, timeout=10) as c:
+        index = api.server.config.app.state.runtime.follower.snapshot.index
+        assert type(index).__name__ == "AnnIndex" and index.base.nlist == 4
+        assert answers(c) == want
+        # an item made to be user1's best: its vector is user1's own user vector
+        version = ModelRegistry(settings.registry_path).current()
+        model = load_checkpoint(version.path)[0]
+        history = torch.from_numpy(content[[IDS.index(i) for i in SEQUENCES["user1"]]])[None]
+        with torch.no_grad():
+            best = model.encode_users(history, torch.tensor([history.shape[1]])).numpy()
+        store.upsert(version.collection, ["best"], best)
+        first = lambda: c.get("/users/user1/recommendations", params={"k": 7}).json()["items"][0]["item_id"]  # noqa: E731
+        wait_for(lambda: first() == "best", 10)
+        store.delete(version.collection, ["best"])
+        wait_for(lambda: first() == want[0][0], 10)

@@ -49,3 +49,27 @@ def test_writing_commits_each_put_and_releases_the_lock(tmp_path):
         assert ro.get(cache_key("m", "t", "c")) is not None  # committed, not waiting for the block's end
         ro.close()
     assert c._db is None and len(c) == 3
+
+
+def test_a_locked_cache_is_retried_then_read_only_and_taken_once_released(tmp_path):
+    """While another holder keeps the lock, an open retries for lock_wait_s, then serves reads
+    read-only and skips puts; a lock released during the wait is taken (read-write)."""
+    import threading
+    import time
+
+    v = np.ones((1, 3), dtype=np.float32)
+    holder = EmbeddingCache(tmp_path / "cache")
+    holder.put_many("m", "t", ["a"], v)
+    with holder:  # holds the lock
+        t0 = time.monotonic()
+        other = EmbeddingCache(tmp_path / "cache", lock_wait_s=0.6)
+        assert np.array_equal(other.get_many("m", "t", ["a"])[0], v[0]) and other._read_only
+        assert time.monotonic() - t0 >= 0.6  # it waited before giving up the write access
+        other.put_many("m", "t", ["b"], v)  # skipped, with a warning
+        releaser = threading.Timer(0.5, holder.__exit__, (None, None, None))
+        releaser.start()
+        waiting = EmbeddingCache(tmp_path / "cache", lock_wait_s=60)
+        waiting.put_many("m", "t", ["c"], v)  # took the lock once it was released
+        releaser.join()
+    assert not waiting._read_only and waiting.get_many("m", "t", ["b", "c"])[0] is None
+    assert waiting.get_many("m", "t", ["c"])[0] is not None

@@ -77,3 +77,33 @@ def test_online_learner_trains_in_bounded_steps_and_restores_a_snapshot():
     assert not torch.equal(moved, learner.model.state_dict()["pcm.in_proj.weight"])
     assert torch.equal(before[0]["pcm.in_proj.weight"], learner.model.state_dict()["pcm.in_proj.weight"])
     assert set(learner.evaluate([([0, 1], 2), ([3], 4)])) >= {"ndcg@10", "recall@10"}
+
+
+def test_online_learner_trains_without_the_blend_then_chooses_it_as_offline_does():
+    """Issue 17 in the stream: the kNN weight and history penalty are cleared before a window's
+    training and chosen after it on held-out events (the offline choice: trainer/history.py grids),
+    so the published (and served) model carries them."""
+    from trainer.history import KNN_GRID, PENALTY_GRID
+
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(30, 8)).astype(np.float32)
+    ms = ModelSettings(d_model=8, n_heads=2, d_out=8, n_layers=1)
+    assert ms.history_knn_blend and ms.history_age_bias and ms.history_in_loss == "masked"  # the defaults
+    cfg = TowerConfig.from_settings(ms, 30, 8)
+    learner = OnlineLearner(cfg, Features.fit(raw), lr=1e-2, weight_decay=0.0, seed=0)
+    learner.set_catalogue(raw)
+    h, tau = learner.model.history, cfg.temperature
+    with torch.no_grad():  # a blend left by the previous window
+        h.knn_weight.fill_(0.5 / tau)
+        h.age_bias.fill_(-0.2 / tau)
+    learner.clear_blend()
+    assert float(h.knn_weight) == 0.0 and not h.age_bias.any()
+    # items follow their neighbours in content: the kNN term helps, so a non-zero weight wins
+    near = np.argsort(-(raw @ raw.T), axis=1)[:, 1]
+    held = [([u, int(near[u])], int(near[near[u]])) for u in range(30)]
+    chosen = learner.choose_blend(held, at_most=20)
+    assert chosen["weight"] in KNN_GRID and chosen["penalty"] in PENALTY_GRID and chosen["weight"] > 0
+    assert abs(float(h.knn_weight) - chosen["weight"] / tau) < 1e-4 and learner.model.knn_scale() is not None
+    assert learner.choose_blend([]) is None
+    off = TowerConfig.from_settings(ms.model_copy(update={"history_knn_blend": False}), 30, 8)
+    assert OnlineLearner(off, Features.fit(raw), 1e-2, 0.0, 0).choose_blend(held) is None

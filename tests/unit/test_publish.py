@@ -17,7 +17,7 @@ from store.vectors import CONTENT, VectorStore, items_collection
 from trainer.checkpoint import save_checkpoint
 from trainer.offline import train_step
 from trainer.publish import Publisher, export_item_tower, publish_run
-from trainer.towers import LEARN, Features, TowerConfig, pad_sequences
+from trainer.towers import ITEM_TOWERS, LEARN, Features, TowerConfig, pad_sequences
 
 N, D_RAW = 40, 16
 IDS = [f"item{j}" for j in range(N)]
@@ -47,7 +47,7 @@ def store(tmp_path):
         yield s
 
 
-@pytest.mark.parametrize("variant", ["a", "b", "c"])
+@pytest.mark.parametrize("variant", sorted(ITEM_TOWERS))
 def test_served_vectors_are_the_trained_vectors(tmp_path, store, variant):
     raw = raw_catalogue()
     model = trained(variant, raw)
@@ -75,7 +75,7 @@ def test_served_vectors_are_the_trained_vectors(tmp_path, store, variant):
     np.testing.assert_allclose(snap.index.vectors.numpy()[[snap.index.row_of[i] for i in IDS]], items, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["a", "b", "c"])
+@pytest.mark.parametrize("variant", sorted(ITEM_TOWERS))
 def test_served_knn_term_gives_the_models_scores(tmp_path, store, variant):
     # trainer/history.py's content-kNN term travels as extra dimensions (items [v, f], users
     # [u, tau * w * z]): one inner product of served vectors = the model's full-sort score outside

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from trainer.towers import LEARN, TowerConfig, pad_sequences
+from trainer.towers import ITEM_TOWERS, LEARN, TowerConfig, UnknownItemTower, pad_sequences
 
 
 def make(tower="a", loss="dense_all_action", **kw):
@@ -11,7 +11,7 @@ def make(tower="a", loss="dense_all_action", **kw):
     return LEARN(cfg, torch.randn(20, 12))
 
 
-@pytest.mark.parametrize("tower", ["a", "b", "c"])
+@pytest.mark.parametrize("tower", sorted(ITEM_TOWERS))
 @pytest.mark.parametrize("loss", ["dense_all_action", "dense_full", "in_batch", "full_softmax"])
 def test_three_calls_shapes_and_backward(tower, loss):
     m = make(tower, loss)
@@ -104,7 +104,7 @@ def test_features_whiten_then_normalise():
     assert torch.allclose(plain, torch.nn.functional.normalize(torch.from_numpy(raw), dim=-1))
 
 
-@pytest.mark.parametrize("tower", ["a", "b", "c"])
+@pytest.mark.parametrize("tower", sorted(ITEM_TOWERS))
 def test_raw_input_towers_compute_what_training_computes(tower):
     import numpy as np
 
@@ -123,5 +123,23 @@ def test_raw_input_towers_compute_what_training_computes(tower):
 
 
 def test_unknown_item_tower_is_refused():
+    from config.settings import ModelSettings
+
     with pytest.raises(ValueError, match="item tower"):
         LEARN(TowerConfig(n_items=3, d_llm=4, d_model=4, n_heads=1, d_out=4, item_tower="z"))
+    ms = ModelSettings(item_tower="z")  # the settings do not repeat the list of variants
+    with pytest.raises(UnknownItemTower, match=r"unknown item tower 'z' \(model.item_tower\): one of a, b, c"):
+        TowerConfig.from_settings(ms, 3, 4)
+
+
+@pytest.mark.parametrize("command", [["train", "--item-tower", "z"], ["trainer"]])
+def test_the_cli_refuses_an_unknown_item_tower_with_a_short_message(command, tmp_path):
+    from typer.testing import CliRunner
+
+    from deploy.cli import app
+
+    env = {"LEARN_DATA_DIR": str(tmp_path), "LEARN_MODEL__ITEM_TOWER": "z"}
+    res = CliRunner().invoke(app, command, env=env)
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    assert "unknown item tower 'z'" in res.output and "Traceback" not in res.output
+    assert not list(tmp_path.iterdir())  # refused before anything was opened or written

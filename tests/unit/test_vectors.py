@@ -172,6 +172,30 @@ def test_an_unreachable_server_is_a_clear_error_after_the_wait():
         VectorStore(f"http://127.0.0.1:{free_port()}", wait_s=1.0).open()
 
 
+def test_a_path_whose_lock_is_held_by_no_host_is_a_clear_error_after_the_wait(tmp_path):
+    """The lock taken (here by a bare flock) and no live host named in ENDPOINT: retried for
+    wait_s, then StoreUnavailable; once the lock is free the next open hosts the path."""
+    import fcntl
+    import json
+    import time
+
+    from store.vectors import ENDPOINT_FILE, StoreUnavailable
+
+    path = tmp_path / "vectors.db"
+    VectorStore(str(path)).open().close()  # a milvus-lite directory with its LOCK file
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (path / ENDPOINT_FILE).write_text(json.dumps({"uri": "http://127.0.0.1:1", "pid": dead.pid}))
+    with open(path / "LOCK", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="no host answered within 1.0s"):
+            VectorStore(str(path), wait_s=1.0).open()
+        assert time.monotonic() - t0 >= 1.0
+    with VectorStore(str(path), wait_s=1.0) as store:
+        assert store.mode == "host"
+
+
 def test_store_imports_no_model_code():
     code = "import sys, store.vectors, store.registry; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
