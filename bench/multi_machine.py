@@ -539,6 +539,27 @@ def stream_and_kill(args, shared: Settings, a: Machine, b: Machine, c: Machine, 
     return out
 
 
+def part(result: dict) -> dict:
+    """The results file (bench/scale.py assembles scale.json from such parts: numeric top-level keys
+    are figures): the issue's two figures and a few prefixed ones on top, the run's record under
+    `details`. Pure."""
+    r = result
+    figures = {
+        "multi_machine_lost": r["multi_machine_lost"],
+        "multi_machine_duplicated": r["multi_machine_duplicated"],
+        "multi_machine_restore_s_on_b": r["restore_s_on_b"],
+        "multi_machine_versions_followed_after_kill": len(r["versions_followed_after_kill"]),
+        "multi_machine_served_users_wrong": r["served_users_wrong"] + r["served_users_missing"] + r["served_errors"],
+        "multi_machine_api_errors": r["api_5xx"] + r["api_unreachable"],
+    }  # fmt: skip
+    meta = {"command": r["command"], "load_avg": {"before": r["load_avg_before"], "after": r["load_avg_after"]},
+            "wall_s": r["wall_s"], "cpu_count": r["cpu_count"],
+            "notes": f"encoder {r['encoder']}; {r['users']} users, {r['interactions_sent']} interactions, "
+                     f"{r['items_sent']} items; A's workers SIGKILLed after {r.get('events_sent_before_kill')} "
+                     "events and never restarted; see details"}  # fmt: skip
+    return {**figures, **meta, "details": r}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=300, help="Scientific users (a seeded sample)")
@@ -560,7 +581,7 @@ def main() -> None:
     args = ap.parse_args()
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    args.out.write_text(json.dumps(part(result), indent=2))
     print(json.dumps(result, indent=2))
 
 

@@ -4,7 +4,7 @@ checks it makes (no broker, no processes)."""
 import json
 
 from bench.multi_machine import (assigned_partitions, expected_sequences, make_stream, newest, offsets_reached,
-                                 restored_partitions, sequence_mismatches)
+                                 part, restored_partitions, sequence_mismatches)
 from streams.datasets import CatalogItem, RawDataset
 
 
@@ -71,3 +71,17 @@ def test_partitions_from_the_workers_logs():
     assert restored_partitions(log, "interactions.changelog", 0.0) == {1, 3}
     assert restored_partitions(log, "interactions.changelog", t) == {3}
     assert restored_partitions(log, "other.changelog", 0.0) == set()
+
+
+def test_results_part_has_the_issues_figures_on_top_and_the_run_below():
+    r = {"multi_machine_lost": 0, "multi_machine_duplicated": 1, "restore_s_on_b": 2.5, "versions_followed_after_kill": ["v2"],
+         "served_users_wrong": 0, "served_users_missing": 1, "served_errors": 0, "api_5xx": 2, "api_unreachable": 1,
+         "command": "python -m bench.multi_machine", "load_avg_before": [1, 1, 1], "load_avg_after": [2, 2, 2],
+         "wall_s": 9.0, "cpu_count": 2, "encoder": "minilm", "users": 3, "interactions_sent": 9, "items_sent": 4,
+         "events_sent_before_kill": 4, "items_lost": 0}  # fmt: skip
+    out = part(r)
+    figures = {k for k, v in out.items() if isinstance(v, (int, float))} - {"wall_s", "cpu_count"}
+    assert all(k.startswith("multi_machine_") for k in figures)
+    assert out["multi_machine_duplicated"] == 1 and out["multi_machine_served_users_wrong"] == 1
+    assert out["multi_machine_api_errors"] == 3 and out["load_avg"] == {"before": [1, 1, 1], "after": [2, 2, 2]}
+    assert out["details"] is r
