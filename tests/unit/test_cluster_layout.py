@@ -2,7 +2,9 @@
 run containers or a cluster. Every Kubernetes manifest validates against the API schemas
 (kubernetes-validate, strict); every LEARN_* variable handed to a learn-stream container names a field
 of config/settings.py and the whole environment loads into the settings model; references between
-objects (ConfigMap, Secret keys, volumes, services, the bootstrap list) point at things that exist."""
+objects (ConfigMap, Secret keys, volumes, services, the bootstrap list, the registry's endpoint) point at
+things that exist; and no learn-stream pod mounts another pod's disk (state travels through the
+changelog topic, model versions through the S3 registry)."""
 
 import re
 from pathlib import Path
@@ -56,6 +58,12 @@ def assert_cluster_settings(s: Settings) -> None:
     assert s.broker.sasl_password  # from the secret
     assert s.topics.replication_factor == 3 and 1 <= s.topics.min_insync_replicas < 3
     assert s.vectors.uri.startswith("http://milvus:")
+    # issue 16: readers keep a replica of the changelog; the registry is on the S3 store
+    assert s.state.changelog and s.state.reader == "changelog"
+    assert s.registry.is_s3 and s.registry.s3_endpoint_url.startswith("http://minio:")
+
+
+REGISTRY_USERS = ("encoder", "trainer", "api")  # the processes that read or write model versions
 
 
 # ---- Kubernetes ----------------------------------------------------------------------------------
@@ -92,6 +100,7 @@ def test_every_process_of_the_layout_is_there():
     assert {"kafka", "milvus", "minio", "etcd"} <= set(workloads)
     assert workloads["trainer"]["spec"]["replicas"] == 1  # single writer of the registry
     assert workloads["api"]["spec"]["replicas"] >= 2 and workloads["encoder"]["spec"]["replicas"] >= 2
+    assert workloads["interactions"]["spec"]["replicas"] >= 2
 
 
 def test_k8s_environment_is_the_settings_model(monkeypatch):
@@ -122,27 +131,39 @@ def test_k8s_environment_is_the_settings_model(monkeypatch):
             assert s.serving.host == "0.0.0.0" and s.serving.token  # off loopback only with a token
         if name in ("encoder", "interactions"):  # every replica can own a partition
             assert workloads[name]["spec"]["replicas"] <= s.topics.partitions
+        minio_port = by_kind("Service")["minio"]["spec"]["ports"][0]["port"]
+        assert s.registry.s3_endpoint_url == f"http://minio:{minio_port}"
+        if name in REGISTRY_USERS:
+            assert s.registry.s3_secret_key, name  # from the secret
         mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
-        assert set(mounts) <= set(volumes), name
+        claims = {t["metadata"]["name"] for t in workloads.get(name, {}).get("spec", {}).get("volumeClaimTemplates", [])}
+        assert set(mounts) <= set(volumes) | claims, name
         assert mounts.get("kafka-ca") == str(Path(s.broker.ssl_cafile).parent)
         if "data" in mounts:
             assert mounts["data"] == str(s.data_dir)
-            assert volumes["data"]["persistentVolumeClaim"]["claimName"] in by_kind("PersistentVolumeClaim")
 
 
-def test_state_sharing_pods_are_placed_together():
-    """Interaction workers, trainer and API share learn-data (RocksDB files, the registry folder):
-    each requires the node of the others (see deploy/k8s/workers.yaml)."""
-    sharing = {name for name, spec, c in our_containers()
-               if any(v.get("persistentVolumeClaim", {}).get("claimName") == "learn-data" for v in spec.get("volumes", []))}  # fmt: skip
-    assert sharing == {"interactions", "trainer", "api"}
-    for name, spec, _ in our_containers():
-        if name in sharing:
-            (term,) = spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-            assert term["topologyKey"] == "kubernetes.io/hostname"
-            labels = {**by_kind("Deployment")[name]["spec"]["template"]["metadata"]["labels"]}
-            assert term["labelSelector"]["matchLabels"].items() <= labels.items()
+def test_no_pod_mounts_another_pods_disk():
+    """Issue 16: state travels through Kafka and versions through S3, so every learn-stream pod may run
+    on any node: none mounts a shared claim or needs another pod's node; the interaction workers keep
+    their databases on a volume of their own (a StatefulSet's claim template), the others on emptyDir."""
+    workloads = {**by_kind("Deployment"), **by_kind("StatefulSet")}
+    assert "learn-data" not in by_kind("PersistentVolumeClaim")
+    for name, spec, c in our_containers():
+        assert not any("persistentVolumeClaim" in v for v in spec.get("volumes", [])), name
+        assert "podAffinity" not in spec.get("affinity", {}), name
+        data = {v["name"]: v for v in spec.get("volumes", [])}.get("data")
+        if name == "interactions":
+            assert workloads[name]["kind"] == "StatefulSet" and data is None
+            (template,) = workloads[name]["spec"]["volumeClaimTemplates"]
+            assert template["metadata"]["name"] == "data"
+            assert workloads[name]["spec"]["serviceName"] in by_kind("Service")
+        elif name != "learn-topics":
+            assert data == {"name": "data", "emptyDir": {}}, name
+    buckets = by_kind("Job")["learn-buckets"]["spec"]["template"]["spec"]["containers"][0]
+    bucket = by_kind("ConfigMap")["learn-config"]["data"]["LEARN_REGISTRY__URI"].removeprefix("s3://").split("/")[0]
+    assert f"mb --ignore-existing store/{bucket}" in buckets["command"][-1]
 
 
 # ---- compose -------------------------------------------------------------------------------------
@@ -165,9 +186,16 @@ def test_compose_environment_is_the_settings_model(monkeypatch):
         assert s.vectors.uri.split("//")[1].split(":")[0] in services
         for dep in svc.get("depends_on", {}):
             assert dep in services, (name, dep)
-        for volume in svc.get("volumes", []):
-            assert volume.split(":")[0] in compose()["volumes"], (name, volume)
+        for volume in svc.get("volumes", []):  # a named volume exists; /data is each container's own
+            source, _, target = volume.rpartition(":")
+            assert (source in compose()["volumes"]) if source else target in ("/data", "/cache"), (name, volume)
+            assert not (source and target in ("/data", "/cache")), (name, volume)  # never shared state
+        if name in REGISTRY_USERS:
+            assert s.registry.s3_secret_key, name
+        assert s.registry.s3_endpoint_url.split("//")[1].split(":")[0] in services
     assert ours["api"]["environment"]["LEARN_SERVING__TOKEN"]
+    bucket = ours["trainer"]["environment"]["LEARN_REGISTRY__URI"].removeprefix("s3://").split("/")[0]
+    assert f"store/{bucket}" in services["buckets"]["command"][0]
 
 
 def test_env_field_check_catches_a_misspelt_variable():
