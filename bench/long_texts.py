@@ -15,7 +15,9 @@ bench/results/long_texts.json: how many exceed 128 / 256 / 512 tokens. Tokenizin
 every finished batch. `--longer-than K` encodes only the prompts longer than K tokens; a prompt of
 at most K tokens is never cut by either cap, so its cap-N vector is its cap-K one, and `share`
 copies those from the cap-K namespace instead of encoding them again (the LLM is causal and padded
-on the right, so a text's vector does not depend on the cap once the cap exceeds its length).
+on the right, so a text's vector does not depend on the cap once the cap exceeds its length). RocksDB
+allows one writer per directory, so two encodes run in parallel write to two cache directories
+(LEARN_CACHE_DIR) and `merge --from DIR/embedding-cache` joins them.
 
 `run` trains / scores one configuration (trainer/offline.py, the one protocol, both conventions) and
 writes it where bench/quality_table.py reads runs: `--split unisrec --text lcrec` is the UniSRec split
@@ -182,9 +184,41 @@ def cmd_share(args) -> None:
     small, big = encoder_at(s, args.longer_than), encoder_at(s, args.max_tokens)
     vecs = small.cache.get_many(small.model_id, small.template, short)
     have = [(p, v) for p, v in zip(short, vecs) if v is not None]
+    check = {}
+    if have and args.check:  # the premise, measured: these prompts encoded afresh at the larger cap
+        import torch
+
+        torch.set_num_threads(args.threads)
+        sample = [have[i] for i in np.random.default_rng(0).choice(len(have), min(args.check, len(have)), replace=False)]
+        fresh = big._encode_uncached([p for p, _ in sample], progress=False)
+        old = np.stack([v for _, v in sample])
+        check = {"prompts": len(sample), "max_abs_diff": float(np.abs(fresh - old).max()),
+                 "min_cosine": float((fresh * old).sum(1).min())}  # fmt: skip
+        print("fresh vs shared:", check)
     if have:
         big.cache.put_many(big.model_id, big.template, [p for p, _ in have], np.stack([v for _, v in have]))
     print(f"shared {len(have)} of {len(short)} prompts of <= {args.longer_than} tokens into {big.model_id}")
+    prev = json.loads(OUT.read_text()) if OUT.exists() else {}
+    prev.setdefault("shared", {})[f"{args.data} {big.model_id}"] = {"shared": len(have), "short": len(short), "check": check}
+    OUT.write_text(json.dumps(prev, indent=2))
+
+
+def cmd_merge(args) -> None:
+    """Copy every vector of another cache directory (`--from`, e.g. one a parallel encode wrote) into
+    settings.cache_path: RocksDB takes one writer per directory, so parallel encodes write apart."""
+    from rocksdict import AccessType, Options, Rdict
+
+    from bench.quality import bench_settings
+    from store.embedding_cache import EmbeddingCache
+
+    src = Rdict(str(args.src), options=Options(raw_mode=True), access_type=AccessType.read_only())
+    with EmbeddingCache(bench_settings().cache_path) as dst:
+        n = 0
+        for k, v in src.items():
+            dst._db[k] = v
+            n += 1
+    src.close()
+    print(f"merged {n} vectors from {args.src}")
 
 
 def cmd_encode(args) -> None:
@@ -215,6 +249,10 @@ def main() -> None:
         p.add_argument("--max-tokens", type=int, required=True)
         p.add_argument("--longer-than", type=int, default=0 if name == "encode" else 128)
         p.add_argument("--threads", type=int, default=1)
+        if name == "share":
+            p.add_argument("--check", type=int, default=16, help="encode this many shared prompts afresh and compare")
+    p = sub.add_parser("merge")
+    p.add_argument("--from", dest="src", type=Path, required=True, help="another embedding-cache directory")
     p = sub.add_parser("run")
     p.add_argument("--split", choices=("unisrec", "lcrec"), default="unisrec")
     p.add_argument("--text", choices=("own", "lcrec"), default="lcrec")
@@ -223,7 +261,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    {"tokens": cmd_tokens, "encode": cmd_encode, "share": cmd_share, "run": cmd_run}[args.cmd](args)
+    {"tokens": cmd_tokens, "encode": cmd_encode, "share": cmd_share, "run": cmd_run, "merge": cmd_merge}[args.cmd](args)
 
 
 if __name__ == "__main__":
