@@ -136,6 +136,7 @@ def main() -> None:
         lines.append(f"- LEARN-(a) over its own encoder's zero-training baseline: {a:.4f} vs {z:.4f} ({a / z:.2f}×).")
     lines += protocol_targets(mean_of)
     lines += sweep_section()
+    lines += long_texts_section()
     lines += layers_section()
     (ROOT / "bench" / "results" / "quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -189,6 +190,35 @@ def sweep_section() -> list[str]:
         rb = r.get("valid_metrics_recbole_protocol") or {}
         rbn, rbr = (f"{rb[m]:.4f}" if m in rb else "–" for m in ("ndcg@10", "recall@10"))
         out.append(f"| {r['name']} | {v:.4f} | {rel} | {rbn} | {rbr} | {r['best_epoch']} | {r['epochs_run']} |")
+    return out
+
+
+def long_texts_section() -> list[str]:
+    """Issue 17's long texts (bench/long_texts.py): how many prompts the token cap cuts, and the runs at
+    longer caps (the UniSRec split with LC-Rec's text appears in the table above as `lcrec-text-maxN`
+    ablations; the LC-Rec split's own runs are listed here)."""
+    path = ROOT / "bench" / "results" / "long_texts.json"
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    out = ["", "## Long texts: the encoder's token cap (issue 17)", "",
+           f"Prompts of the default template, `{r['encoder']}` tokenizer (`python bench/long_texts.py tokens`):", "",
+           "| dataset | items | tokens p50 / p90 / max | over 128 tokens | over 256 | over 512 |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, d in r["token_lengths"].items():
+        t = d["tokens"]
+        out.append(f"| {name} | {t['n']} | {t['p50']} / {t['p90']} / {t['max']} | " + " | ".join(
+            f"{t[f'over_{c}']} ({100 * t[f'share_over_{c}']:.1f}%)" for c in (128, 256, 512)) + " |")  # fmt: skip
+    runs = [json.loads(p.read_text()) for p in sorted((ROOT / "bench" / "results" / "quality-amazon-scientific-lcrec").glob("*.json"))]
+    runs = [x for x in runs if x.get("command", "").find("long_texts.py") >= 0]
+    if runs:
+        out += ["", "The LC-Rec split (8,317 users, 4,344 items; its own titles + descriptions), one seed, encoder in "
+                "bfloat16 at each cap (`bench/long_texts.py run --split lcrec`):", "",
+                "| model | variant | seed | valid NDCG@10 | valid RecBole NDCG@10 | test NDCG@10 | test RecBole NDCG@10 |",
+                "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for x in runs:
+            out.append(f"| {x['model']} | {x['variant']} | {x['seed']} | {x['valid_metrics']['ndcg@10']:.4f} | "
+                       f"{x['valid_metrics_recbole_protocol']['ndcg@10']:.4f} | {x['metrics']['ndcg@10']:.4f} | "
+                       f"{x['metrics_recbole_protocol']['ndcg@10']:.4f} |")  # fmt: skip
     return out
 
 
