@@ -1,6 +1,9 @@
 """Worker scaling (issue 16): one vs two processes per stage, same broker, same records, same run.
 
-    .venv/bin/python -m bench.scale_workers [--items 240] [--copies 4] [--encoder smollm2] [--storage memory]
+    .venv/bin/python -m bench.scale_workers [--items 240] [--copies 40] [--encoder smollm2] [--storage memory]
+
+(`--copies` must make the interaction stage outlast the group's settling, ~8 s: 4 copies do not on a
+quiet machine, where one worker applies them in under 5 s.)
 
 - **Encoder stage.** For N = 1 and 2: N encoder workers (one consumer group, 1 torch thread each,
   their own data dir and a fresh embedding cache, so every item is really encoded; the vector store
@@ -208,7 +211,10 @@ def interaction_run(stack: Stack, base, root: Path, n_events: int, n: int, tag: 
     d = root / f"interactions-{n}{tag}"
     s = base.model_copy(update={
         "data_dir": d,
-        "topics": base.topics.model_copy(update={"interactions_repartition": f"interactions.repartition-{n}{tag}"}),
+        # each configuration its own repartition and changelog topics: a shared changelog would let one
+        # configuration's workers restore the state another's wrote (and count its events as applied)
+        "topics": base.topics.model_copy(update={"interactions_repartition": f"interactions.repartition-{n}{tag}",
+                                                 "changelog": f"interactions.changelog-{n}{tag}"}),
         "worker": base.worker.model_copy(update={"app_prefix": f"scale-int{n}{tag}"}),
     })  # fmt: skip
     from streams.topics import ensure_topics, topic_specs
@@ -241,6 +247,9 @@ def interaction_run(stack: Stack, base, root: Path, n_events: int, n: int, tag: 
         if end is None:
             raise RuntimeError(f"interactions x{n}: only {done} of {n_events} events applied")
         wall = end - settled[0]
+        if n_events - settled[1] < n_events / 2:  # most events applied before every worker held partitions
+            raise RuntimeError(f"interactions x{n}: {settled[1]} of {n_events} events were applied before the group "
+                               "settled, so the rate would measure the settling: raise --copies")
         out = {"workers": n, "events": n_events, "events_per_s": (n_events - settled[1]) / wall,
                "events_per_s_from_first_event": (n_events - first[1]) / (end - first[0]),
                "applied_before_group_settled": settled[1], "settle_s_from_start": settled[0] - t_start,
