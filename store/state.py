@@ -38,13 +38,13 @@ import orjson
 import shutil
 import tempfile
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 USER = b"u/"
 OFFSET = b"o/next"
@@ -133,14 +133,14 @@ def _options() -> Options:
 
 def open_with_retry(path: Path, timeout_s: float = 30.0) -> Rdict:
     """Open a database read-write, waiting while a previous owner still holds its lock."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return Rdict(str(path), _options())
-        except Exception as e:  # rocksdict raises a plain Exception for "lock hold by current process"
-            if "lock" not in str(e).lower() or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    retrying = Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(0.1), reraise=True,
+                        retry=retry_if_exception(_is_lock_error))  # fmt: skip
+    return retrying(Rdict, str(path), _options())
+
+
+def _is_lock_error(e: BaseException) -> bool:
+    # rocksdict raises a plain Exception for "lock hold by current process" / "While lock file"
+    return "lock" in str(e).lower()
 
 
 @dataclass
