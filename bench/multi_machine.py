@@ -352,7 +352,7 @@ def stored_offsets(m: Machine) -> dict[str, int]:
 def stored_sequences(settings: Settings) -> dict[str, list[list]]:
     reader = StateReader(settings.state_path, settings.topics.interactions)
     try:
-        return {u: [[e.event_time, e.item_id, e.action, e.event_id] for e in seq] for u, seq in reader.users()}
+        return reader.sequences()
     finally:
         reader.close()
 

@@ -383,6 +383,10 @@ class StateReader:
             rows = orjson.loads(values[0]) if len(values) == 1 else merge_sequences([orjson.loads(v) for v in values])
             yield key[len(USER):].decode(), [Entry(*x) for x in rows]
 
+    def sequences(self) -> dict[str, list[list]]:
+        """Every user's sequence as its rows ([event_time, item_id, action, event_id], oldest first)."""
+        return {u: [[e.event_time, e.item_id, e.action, e.event_id] for e in seq] for u, seq in self.users()}
+
     @staticmethod
     def _user_rows(db: Rdict) -> Iterator[tuple[bytes, bytes]]:
         for k, v in db.items(from_key=USER):

@@ -36,7 +36,7 @@ def on_dir(settings, data_dir):
 def stored(settings) -> tuple[dict, dict]:
     reader = StateReader(settings.state_path, settings.topics.interactions)
     try:
-        users = {u: [[e.event_time, e.item_id, e.action, e.event_id] for e in seq] for u, seq in reader.users()}
+        users = reader.sequences()
         return users, reader.counters()
     finally:
         reader.close()

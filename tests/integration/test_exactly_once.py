@@ -120,7 +120,7 @@ def test_state_is_exact_after_random_kills_and_rebalances(settings, tmp_path):
 
         def stored():
             reader.catch_up()
-            return {u: [[e.event_time, e.item_id, e.action, e.event_id] for e in seq] for u, seq in reader.users()}
+            return reader.sequences()
 
         wait_for(state_settled(reader, len(events)), timeout_s=120)
         wait_for(lambda: stored() == seqs, timeout_s=120)

@@ -125,7 +125,7 @@ def test_two_workers_per_stage_lose_nothing_when_killed_and_joined(settings):
 
         def stored():
             reader.catch_up()
-            return {u: [[e.event_time, e.item_id, e.action, e.event_id] for e in seq] for u, seq in reader.users()}
+            return reader.sequences()
 
         wait_for(state_settled(reader, len(events)), timeout_s=180)
         wait_for(lambda: stored() == seqs, timeout_s=120)
