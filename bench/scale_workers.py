@@ -1,6 +1,7 @@
 """Worker scaling (issue 16): one vs two processes per stage, same broker, same records, same run.
 
     .venv/bin/python -m bench.scale_workers [--items 240] [--copies 40] [--encoder smollm2] [--storage memory]
+        [--profile DIR]   # py-spy (pip install ".[profile]") on each encoder worker, raw stacks into DIR
 
 (`--copies` must make the interaction stage outlast the group's settling, ~8 s: 4 copies do not on a
 quiet machine, where one worker applies them in under 5 s.)
@@ -166,6 +167,7 @@ def encoder_run(stack: Stack, base, root: Path, items: list, warm: list, n: int,
         wait_idle(procs)
         watched = {**procs, **broker_procs(stack), "bench": psutil.Process()}
         before, busy0 = cpu_s(watched), machine_busy()
+        spies = profile_workers(procs, PROFILE_DIR, f"encoder-{n}{tag}") if PROFILE_DIR else []
         t0 = time.perf_counter()
         for it in items:
             producer.send(s.topics.items, key=it.item_id.encode(), value=encode(it))
@@ -176,12 +178,30 @@ def encoder_run(stack: Stack, base, root: Path, items: list, warm: list, n: int,
         end = wait_written(sub, s, len(warm) + len(items))
         per_worker = {name: _upserted(url) - before_items[name] for name, url in sub.urls.items()}
         wall = end - t0
+        for spy in spies:
+            spy.send_signal(2)  # SIGINT: py-spy writes its samples and exits
+            spy.wait(timeout=60)
         out = {"workers": n, "items": len(items), "produce_s": produced_s, "wall_s": wall,
                "items_per_s": len(items) / wall, "upserted_per_worker": per_worker,
                **accounting(watched, before, busy0, wall)}  # fmt: skip
     finally:
         sub.stop_all()
     return out
+
+
+PROFILE_DIR: Path | None = None  # --profile
+
+
+def profile_workers(procs: dict[str, psutil.Process], out: Path, tag: str) -> list:
+    """py-spy on each worker (idle frames too, so what a worker waits on shows), until stopped."""
+    import subprocess
+
+    out.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return [subprocess.Popen([str(spy), "record", "--idle", "--threads", "--format", "raw", "--rate", "50", "--nonblocking",
+                              "-o", str(out / f"{tag}-{name}.txt"), "-p", str(p.pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, p in procs.items()]  # fmt: skip
 
 
 def wait_written(sub: Stack, s, expected: int, timeout_s: float = 3600) -> float:
@@ -274,7 +294,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="1 and 2 workers alternate this many times (median)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--fresh", action="store_true", help="forget the configurations already measured")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="py-spy each encoder worker during the timed run (needs py-spy), raw stacks into this folder")
     args = ap.parse_args()
+    global PROFILE_DIR
+    PROFILE_DIR = args.profile
 
     results = {} if args.fresh or not args.out.exists() else json.loads(args.out.read_text())
     results.update({"command": "python -m bench.scale_workers " + " ".join(sys.argv[1:]), "cpu_count": psutil.cpu_count()})

@@ -279,6 +279,8 @@ class Pipeline:
 
     def close(self) -> None:
         self.store.close()
+        if self.encoder.cache is not None:  # vectors put while another worker held the cache's lock
+            self.encoder.cache.flush()
 
     def count_tokens(self, prompts: list[str]) -> tuple[dict[int, int], dict[int, str]]:
         """Token counts by prompt index, and the prompts the tokenizer refused (index -> reason)."""

@@ -51,9 +51,10 @@ def test_writing_commits_each_put_and_releases_the_lock(tmp_path):
     assert c._db is None and len(c) == 3
 
 
-def test_a_locked_cache_is_retried_then_read_only_and_taken_once_released(tmp_path):
-    """While another holder keeps the lock, an open retries for lock_wait_s, then serves reads
-    read-only and skips puts; a lock released during the wait is taken (read-write)."""
+def test_a_locked_cache_never_waits_keeps_puts_pending_and_writes_them_later(tmp_path):
+    """While another process holds the lock (two encoder workers share the directory), reads are
+    served read-only at once and puts return at once, kept in memory (this instance reads them back);
+    the next put or flush that finds the lock free writes them all."""
     import threading
     import time
 
@@ -62,14 +63,34 @@ def test_a_locked_cache_is_retried_then_read_only_and_taken_once_released(tmp_pa
     holder.put_many("m", "t", ["a"], v)
     with holder:  # holds the lock
         t0 = time.monotonic()
-        other = EmbeddingCache(tmp_path / "cache", lock_wait_s=0.6)
+        other = EmbeddingCache(tmp_path / "cache", lock_wait_s=60)
         assert np.array_equal(other.get_many("m", "t", ["a"])[0], v[0]) and other._read_only
-        assert time.monotonic() - t0 >= 0.6  # it waited before giving up the write access
-        other.put_many("m", "t", ["b"], v)  # skipped, with a warning
+        with other.writing():
+            other.put_many("m", "t", ["b"], v)  # kept pending, not skipped
+        assert time.monotonic() - t0 < 5  # neither call waited for the lock (it is held for the whole block)
+        assert other.pending == 1 and other.get_many("m", "t", ["b", "a"])[0] is not None
+        assert EmbeddingCache(tmp_path / "cache").get_many("m", "t", ["b"]) == [None]  # not written yet
+    other.put_many("m", "t", ["c"], v)  # the lock is free: b and c are written
+    assert other.pending == 0
+    fresh = EmbeddingCache(tmp_path / "cache")
+    assert all(x is not None for x in fresh.get_many("m", "t", ["a", "b", "c"]))
+    # flush waits for a lock released during its wait
+    with holder:
+        other.put_many("m", "t", ["d"], v)
+        assert other.pending == 1
         releaser = threading.Timer(0.5, holder.__exit__, (None, None, None))
         releaser.start()
-        waiting = EmbeddingCache(tmp_path / "cache", lock_wait_s=60)
-        waiting.put_many("m", "t", ["c"], v)  # took the lock once it was released
+        assert other.flush(wait_s=60)
         releaser.join()
-    assert not waiting._read_only and waiting.get_many("m", "t", ["b", "c"])[0] is None
-    assert waiting.get_many("m", "t", ["c"])[0] is not None
+    assert other.pending == 0 and fresh.get_many("m", "t", ["d"])[0] is not None
+
+
+def test_pending_puts_are_bounded(tmp_path):
+    v = np.ones((5, 3), dtype=np.float32)
+    holder = EmbeddingCache(tmp_path / "cache")
+    holder.put_many("m", "t", ["a"], v[:1])
+    with holder:
+        other = EmbeddingCache(tmp_path / "cache", max_pending=3)
+        other.put_many("m", "t", list("vwxyz"), v)
+        assert other.pending == 3 and other.get_many("m", "t", ["v", "z"])[0] is None  # the oldest dropped
+        assert not other.flush(wait_s=0.3)  # still locked: reported, not hidden
