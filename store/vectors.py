@@ -17,7 +17,7 @@ Where the data lives (`settings.vector_uri`):
   in-process, and it allows ONE process per directory (an flock on `<path>/LOCK`). So the process that
   opens the path first becomes its *host*: it opens milvus-lite, serves it on a loopback gRPC port
   (milvus-lite's own Milvus-protocol server, one request at a time: milvus-lite is single-writer per
-  collection) and writes that address to `<path>/ENDPOINT`. Every other process that opens the same
+  collection) and, once its collections are loaded, writes that address to `<path>/ENDPOINT`. Every other process that opens the same
   path while the host lives becomes a *guest*: it finds the lock taken, reads ENDPOINT and talks to the
   host over gRPC, exactly as it would talk to a Milvus server. In the running system the encoder
   worker is the long-lived host; the trainer, the API, the demo and tests are guests. If the host goes
@@ -154,8 +154,9 @@ class VectorStore:
             raise _NoHost("no endpoint yet")  # the host has not written it yet
         try:
             self._client = MilvusClient(uri=endpoint, timeout=5.0, grpc_options=LOOPBACK_GRPC)
-            if mode == "host":  # milvus-lite re-opens collections released: load them
+            if mode == "host":  # milvus-lite re-opens collections released: load them, then publish
                 self._load_released()
+                self._publish_endpoint(path, endpoint)
             else:
                 self._client.list_collections()  # the host answers
         except Exception as e:  # a host that just went away, or not ready yet
@@ -207,11 +208,15 @@ class VectorStore:
             return None
         self._server = (server, db)
         logging.getLogger("grpc._server").addFilter(_quiet_unimplemented)
-        endpoint = f"http://127.0.0.1:{port}"
+        return f"http://127.0.0.1:{port}"
+
+    @staticmethod
+    def _publish_endpoint(path: Path, endpoint: str) -> None:
+        """Tell guests where the host serves, once it is ready (its collections loaded): a guest
+        that came earlier would find a collection released."""
         tmp = path / f".{ENDPOINT_FILE}.tmp-{os.getpid()}"
         tmp.write_text(json.dumps({"uri": endpoint, "pid": os.getpid()}))
         os.replace(tmp, path / ENDPOINT_FILE)
-        return endpoint
 
     @staticmethod
     def _read_endpoint(path: Path) -> str | None:

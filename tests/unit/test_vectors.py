@@ -4,6 +4,7 @@ guests over loopback gRPC, re-opening after the host is killed); a server restar
 released until loaded)."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -110,6 +111,26 @@ HOST = textwrap.dedent("""
         out = s.count(CONTENT) if cmd[0] == "count" else sorted(s.get(CONTENT, cmd[1:]))
         print(out, flush=True)
 """)
+
+
+def test_a_host_publishes_its_endpoint_only_once_its_collections_are_loaded(tmp_path, monkeypatch):
+    """A guest that read ENDPOINT while a new host was still loading its collections found them
+    released ('collection not loaded': seen once in test_encoder_worker's SIGKILL test)."""
+    path = tmp_path / "vectors.db"
+    with VectorStore(path) as s:
+        s.ensure_collection(CONTENT, 4)
+        s.upsert(CONTENT, ["a"], np.ones((1, 4), np.float32))
+    published_while_loading = []
+    load = VectorStore._load_released
+
+    def watched(self):
+        published_while_loading.append((path / "ENDPOINT").exists())
+        load(self)
+
+    monkeypatch.setattr(VectorStore, "_load_released", watched)
+    with VectorStore(path) as s:
+        assert s.mode == "host" and published_while_loading == [False] and s.count(CONTENT) == 1
+        assert json.loads((path / "ENDPOINT").read_text())["pid"] == os.getpid()
 
 
 def test_second_process_is_a_guest_and_takes_over_after_a_kill(tmp_path):
