@@ -246,6 +246,11 @@ class ModelSettings(BaseModel):
     max_epochs: int = 40
     patience: int = 5
     seed: int = 2024
+    # issue 17: a collaborative item-item term (EASE on the training sequences, trainer/collab.py) added
+    # after training, its lambda and weight chosen on validation with the kNN weight and the history
+    # penalty; served as this many extra dimensions (a truncated SVD of EASE's weights). 0: off (the
+    # content towers alone). Item ids only: an item unknown to the fit scores as content alone.
+    collab_rank: int = 256
 
 
 class TrainerSettings(BaseModel):
