@@ -39,8 +39,10 @@ def load_run(src: Path):
     cfg = res["config"]["model"]
     # a run trained with history masked gets the validation-chosen penalty on history items too
     masked = cfg.get("history_in_loss", "masked") == "masked"
-    ms = ModelSettings(**{**cfg, "history_knn_blend": True, **({"history_age_bias": True} if masked else {})})
     s = bench_settings()
+    # a run recorded before the EASE term (trainer/collab.py) gets the settings' rank (LEARN_MODEL__COLLAB_RANK)
+    ms = ModelSettings(**{"collab_rank": s.model.collab_rank, **cfg, "history_knn_blend": True,
+                          **({"history_age_bias": True} if masked else {})})  # fmt: skip
     enc = s.encoder.model_copy(update=res["config"]["encoder"])
     data = load_dataset(res["dataset"], s.shared_data_dir, history_cap=ms.max_seq_len)
     raw, _, _ = encode_catalogue(data, enc, s, progress=False)

@@ -297,8 +297,8 @@ class LEARN(nn.Module):
             if cfg.history_age_bias or cfg.history_knn or cfg.history_knn_blend
             else None
         )
-        # the EASE term (trainer/collab.py): zero factors and weight until chosen after training
-        self.collab = CollabScore(cfg.n_items, cfg.collab_rank) if cfg.collab_rank > 0 else None
+        # the EASE term (trainer/collab.py): no factors and a zero weight until chosen after training
+        self.collab = CollabScore(cfg.collab_rank) if cfg.collab_rank > 0 else None
         self.apply(self._init)
         if raw is not None:
             self.set_catalogue(raw)
