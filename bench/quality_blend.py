@@ -16,6 +16,7 @@ config, the blend's validation grid, both splits re-scored (test once, with the 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -69,7 +70,7 @@ def main(src: Path, dst: Path) -> None:
     from trainer.offline import choose_blends, collab_extra, model_scorer
 
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
+    t0, load_before = time.perf_counter(), os.getloadavg()
     res, ms, data, model = load_run(src)
     valid_examples = sorted(data.valid, key=lambda e: len(e[0]))
     blend, collab = choose_blends(model, data.train, valid_examples, ms)
@@ -80,6 +81,7 @@ def main(src: Path, dst: Path) -> None:
         metrics=test["history_excluded"], valid_metrics=valid["history_excluded"],
         metrics_recbole_protocol=test["recbole"], valid_metrics_recbole_protocol=valid["recbole"],
         knn_blend=blend, collab_blend=collab, derived_from=str(src), blend_seconds=time.perf_counter() - t0,
+        blend_load_before=load_before, blend_load_after=os.getloadavg(),
     )  # fmt: skip
     res["config"]["model"] = ms.model_dump()
     dst.mkdir(parents=True, exist_ok=True)

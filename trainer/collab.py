@@ -63,6 +63,7 @@ def low_rank(b: torch.Tensor, rank: int, niter: int = 6) -> tuple[torch.Tensor, 
     a randomised truncated SVD (torch.svd_lowrank: seconds where the exact one of 4,385 x 4,385 takes
     a minute on one core), exact when `rank` is within 10 of N."""
     n = min(b.shape)
+    b = b.float()  # float32: half the time of float64, and the factors are served in float32
     if rank + 10 >= n:
         u, s, vh = torch.linalg.svd(b, full_matrices=False)
         v = vh.T

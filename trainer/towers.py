@@ -75,7 +75,7 @@ class TowerConfig:
     history_age_bias: bool = True  # defaults = config/settings.py ModelSettings (issue 17)
     history_knn: bool = False
     history_knn_blend: bool = True  # the kNN weight held at 0 in training, chosen on validation after
-    collab_rank: int = 256  # the EASE term's served rank (trainer/collab.py; 0: none), chosen after training
+    collab_rank: int = 1024  # the EASE term's served rank (trainer/collab.py; 0: none), chosen after training
 
     def __post_init__(self) -> None:
         self.d_raw = self.d_raw or self.d_llm
