@@ -42,27 +42,19 @@ DECAY = 0.7
 
 
 def history_matrix(histories, n_items: int, decay: float | None = None):
-    """(U, N) float64: 1 (or decay^age, age 0 = the last item) at each history item, the most recent
-    occurrence's weight where an item repeats."""
+    """(U, N) float64: 1 (trainer/collab.interaction_matrix) or, with `decay`, decay^age (age 0 = the
+    last item) at each history item, the most recent occurrence's weight where an item repeats."""
     import torch
 
+    from trainer.collab import interaction_matrix
+
+    if decay is None:
+        return interaction_matrix(histories, n_items)
     x = torch.zeros(len(histories), n_items, dtype=torch.float64)
     for r, h in enumerate(histories):
         for j, i in enumerate(h):
-            x[r, i] = 1.0 if decay is None else decay ** (len(h) - 1 - j)
+            x[r, i] = decay ** (len(h) - 1 - j)
     return x
-
-
-def ease(x, lam: float):
-    """EASE's item-item weights of a binary (U, N) matrix: (N, N) float64, zero diagonal."""
-    import torch
-
-    g = x.T @ x
-    g.diagonal().add_(lam)
-    p = torch.linalg.inv(g)
-    b = -p / p.diagonal().view(1, -1)
-    b.diagonal().zero_()
-    return b
 
 
 def transitions(seqs, n_items: int):
@@ -109,10 +101,12 @@ def ndcgs(scores, examples) -> dict:
 
 def collab_scores(kind: str, lam: float, fit_rows, examples, n_items: int):
     """(U, N) float32 collaborative scores of `examples`, the model fitted on `fit_rows` (sequences)."""
+    from trainer.collab import fit_ease
+
     hist = [list(x) for x, _ in examples]
     if kind == "transition":
         return (history_matrix(hist, n_items, DECAY) @ transitions(fit_rows, n_items)).float()
-    b = ease(history_matrix(fit_rows, n_items), lam)
+    b = fit_ease(history_matrix(fit_rows, n_items), lam)
     return (history_matrix(hist, n_items, DECAY if kind == "ease_recency" else None) @ b).float()
 
 
