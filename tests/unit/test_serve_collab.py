@@ -3,6 +3,8 @@ The publisher's items are [content, Q[row]], the encoder worker's rows equal the
 vector carries w * sum_h P[h] of the history's rows, so the served inner product is the model's
 full-sort score; an item the fit never saw is content alone (a zero EASE part)."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -154,3 +156,43 @@ def test_a_version_without_the_term_carries_no_ease_files(tmp_path, store):
     assert follower.poll() and follower.snapshot.collab is None
     tower = ItemTower(registry)
     assert tower.refresh() and tower(raw).shape == (N, 8 + 12)
+
+
+@pytest.mark.parametrize("search", ["memory", "store"])
+def test_the_api_path_recommends_the_models_top_k(tmp_path, search):
+    # the API's own objects (serving/runtime.py) over a real data dir: state store, content, registry
+    import asyncio
+
+    from bench.seed import write_catalogue, write_sequences
+    from config import load_settings
+    from serving.metrics import ApiMetrics
+    from serving.runtime import Runtime
+    from serving.schemas import HistoryRequest
+
+    model, raw = model_with_term()
+    expected, outside = expected_scores(model)
+    settings = load_settings(data_dir=tmp_path / "data", serving={"search": search, "poll_s": 0.1})
+    with VectorStore(settings.vector_uri) as store:
+        write_catalogue(settings, store, IDS, raw)
+        write_sequences(settings, {f"u{b}": [IDS[i] for i in h] for b, h in enumerate(HISTORIES)})
+        Publisher(ModelRegistry(settings.registry_path), store).publish(model, IDS, raw)
+    runtime = Runtime(settings, ApiMetrics()).start()
+    try:
+        deadline = time.monotonic() + 60
+        while runtime.follower.snapshot is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert runtime.follower.snapshot.collab is not None, runtime.follower.error
+
+        async def ask():
+            users = [await runtime.recommender.for_user(f"u{b}", 5) for b in range(len(HISTORIES))]
+            posted = [await runtime.recommender.for_history(HistoryRequest(history=[IDS[i] for i in h], k=5))
+                      for h in HISTORIES]  # fmt: skip
+            return users, posted
+
+        users, posted = asyncio.run(ask())
+    finally:
+        runtime.close()
+    for b in range(len(HISTORIES)):
+        want = [IDS[j] for j in expected[b].masked_fill(~outside[b], -float("inf")).topk(5).indices.tolist()]
+        assert [x.item_id for x in users[b].items] == want == [x.item_id for x in posted[b].items]
+        np.testing.assert_allclose([x.score for x in users[b].items], expected[b, [IDS.index(i) for i in want]], atol=1e-4)
