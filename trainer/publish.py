@@ -126,6 +126,18 @@ def read_content(vectors: VectorStore, ids: Sequence[str]) -> tuple[list[str], n
     return found, np.stack([rows[i].vector for i in found]).astype(np.float32)
 
 
+def collab_summary(collab: CollabIndex | None, ids: Sequence[str]) -> dict | None:
+    """The version record's account of its EASE term: its rows, its rank, how many catalogue items
+    have a row (the others are served as content alone); a warning when none has."""
+    if collab is None:
+        return None
+    known = int((collab.rows(ids) < len(collab.ids)).sum())
+    if known == 0:
+        log.warning("no item of the catalogue published is in the EASE term's id index (%d ids): the term "
+                    "adds nothing; are collab_ids the catalogue's ids?", len(collab.ids))  # fmt: skip
+    return {"items": len(collab.ids), "rank": collab.rank, "catalogue_items_with_a_row": known}
+
+
 @dataclass
 class Publisher:
     registry: ModelRegistry | S3Registry  # store/registry.py: open_registry(settings)
@@ -167,7 +179,7 @@ class Publisher:
         if optimizer is not None:
             torch.save(optimizer, stage / OPTIMIZER)
         config = {"version": name, "model": model.cfg.to_dict(), "items": len(ids), "created_at": time.time(),
-                  "collab": None if collab is None else {"items": len(collab.ids), "rank": collab.rank}, **record}  # fmt: skip
+                  "collab": collab_summary(collab, ids), **record}  # fmt: skip
         (stage / "config.json").write_text(json.dumps(config, indent=2))
         version = self.registry.commit_version(name)
         self.pause("after_commit")

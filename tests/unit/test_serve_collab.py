@@ -78,7 +78,8 @@ def test_served_vectors_give_the_models_scores_with_the_ease_term(tmp_path, stor
     assert not torch.allclose(expected[outside], without[outside], atol=1e-3)  # the term is there
     registry = ModelRegistry(tmp_path / "registry")
     version = Publisher(registry, store).publish(model, IDS, raw, {"source": "test"})
-    assert read_collab(version.path).ids == IDS[:FITTED] and version.config["collab"] == {"items": FITTED, "rank": RANK}
+    assert read_collab(version.path).ids == IDS[:FITTED] and version.config["collab"] == {"items": FITTED, "rank": RANK,
+                                                                             "catalogue_items_with_a_row": FITTED}
     rows = store.get(version.collection, IDS, with_vectors=True)
     items = torch.from_numpy(np.stack([rows[i].vector for i in IDS]))
     assert items.shape[1] == 8 + 12 + RANK
