@@ -44,8 +44,10 @@ SEEDS = (2024, 2025, 2026)
 # variant name -> model-settings overrides of the defaults (config/settings.py: ModelSettings)
 VARIANTS = {
     "default": {},
-    # the default before issue 17: no penalty on history items, no content-kNN term
-    "history-masked": {"history_age_bias": False, "history_knn_blend": False},
+    # the default before issue 17: no penalty on history items, no content-kNN term, no EASE term
+    "history-masked": {"history_age_bias": False, "history_knn_blend": False, "collab_rank": 0},
+    # the default before the EASE term (trainer/collab.py): the kNN term and the history penalty only
+    "no-collab": {"collab_rank": 0},
     "nowhiten": {"whiten": False},
     "dense0.5": {"dense_weight": 0.5},
     "d128": {"d_model": 128, "d_out": 128},
@@ -67,7 +69,7 @@ def planned_runs() -> list[dict]:
         # the three towers where they differ: the full softmax plus the paper's dense all-action term
         for tower in "cab":
             runs.append(dict(model=f"learn-{tower}-dense", kind="learn", encoder="smollm2", variant="dense0.5", seed=seed, tower=tower))
-        for enc, variant in (("smollm2", "history-masked"), ("minilm", "default"), ("smollm2", "nowhiten"), ("smollm2", "d128"), ("smollm2", "d256")):
+        for enc, variant in (("smollm2", "no-collab"), ("smollm2", "history-masked"), ("minilm", "default"), ("smollm2", "nowhiten"), ("smollm2", "d128"), ("smollm2", "d256")):
             runs.append(dict(model="learn-a-ablation", kind="learn", encoder=enc, variant=variant, seed=seed, tower="a"))
     return runs
 
@@ -169,6 +171,7 @@ def record_for(run: dict, res: dict, threads: int) -> dict:
         "encode": res.get("encode"),
         "baselines": res.get("baselines"),
         "knn_blend": res.get("knn_blend"),  # the validation-chosen history penalty and kNN weight
+        "collab_blend": res.get("collab_blend"),  # the validation-chosen EASE term (trainer/collab.py)
         "derived_from": res.get("derived_from"),  # bench/quality_blend.py: the run it was computed from
     }
 

@@ -80,8 +80,10 @@ def main() -> None:
         "longer than later ones). A cold SmolLM2 encode of the catalogue adds ~300 s on 2 idle cores.",
         "",
         "Rows: `learn-a` default = the default configuration since issue 17 (next-item full softmax with",
-        "history masked, d 64; after training a penalty on the user's history items and a content-kNN",
-        "weight chosen on validation: trainer/history.py); variant `history-masked` = the default before",
+        "history masked, d 64; after training a penalty on the user's history items, a content-kNN",
+        "weight (trainer/history.py) and an EASE item-item term fitted on the training sequences, rank 1024",
+        "(trainer/collab.py), all chosen on validation); variant `no-collab` = the same without the EASE term",
+        "(the default before it); variant `history-masked` = the default before",
         "issue 17 (the same training, no penalty, no kNN term: the 'today' figures); `learn-b/c` and",
         "`learn-*-dense` (0.5 x the paper's dense all-action loss added, where item towers (a) and (b)",
         "differ) and the other ablations ran with that earlier default; `learn-a-ablation` = one change to",
@@ -136,6 +138,7 @@ def main() -> None:
         lines.append(f"- LEARN-(a) over its own encoder's zero-training baseline: {a:.4f} vs {z:.4f} ({a / z:.2f}×).")
     lines += protocol_targets(mean_of)
     lines += sweep_section()
+    lines += collab_section()
     lines += long_texts_section()
     lines += layers_section()
     (ROOT / "bench" / "results" / "quality.md").write_text("\n".join(lines) + "\n")
@@ -190,6 +193,43 @@ def sweep_section() -> list[str]:
         rb = r.get("valid_metrics_recbole_protocol") or {}
         rbn, rbr = (f"{rb[m]:.4f}" if m in rb else "–" for m in ("ndcg@10", "recall@10"))
         out.append(f"| {r['name']} | {v:.4f} | {rel} | {rbn} | {rbr} | {r['best_epoch']} | {r['epochs_run']} |")
+    return out
+
+
+def collab_section() -> list[str]:
+    """Issue 17's collaborative term: the probe beside a finished run, then the served rank
+    (bench/quality_collab.py, bench/results/quality_collab/); validation only."""
+    folder = ROOT / "bench" / "results" / "quality_collab"
+    probes = sorted(folder.glob("probe-*.json")) if folder.is_dir() else []
+    if not probes:
+        return []
+
+    def crit(r: dict) -> float:
+        return (r["valid_history_excluded_ndcg@10"] + r["valid_recbole_ndcg@10"]) / 2
+
+    out = ["", "## What was tried: a late-fusion collaborative term (issue 17)", "",
+           "Beside LEARN-(a) seed 2024's trained towers (`python bench/quality_collab.py RUN_DIR`), an item-item "
+           "score fitted on the TRAINING sequences only, added with a weight chosen on validation together with the "
+           "kNN weight and the history penalty (the mean of both conventions' valid NDCG@10); full-rank, validation "
+           "only. `alone`: the collaborative score by itself. Zero-training: valid 0.0836 / RecBole 0.0518.", "",
+           "| term | valid NDCG@10 alone | valid RecBole alone | blend: valid NDCG@10 | blend: valid RecBole | chosen |",
+           "|---|---|---|---|---|---|"]  # fmt: skip
+    for path in probes:
+        r = json.loads(path.read_text())
+        for key, rows in r["grids"].items():
+            best, alone = max(rows, key=crit), r["alone"][key]
+            out.append(f"| {key} | {alone['history_excluded']:.4f} | {alone['recbole']:.4f} | "
+                       f"{best['valid_history_excluded_ndcg@10']:.4f} | {best['valid_recbole_ndcg@10']:.4f} | "
+                       f"kNN {best['knn_weight']}, penalty {best['penalty']}, weight {best['c']} |")  # fmt: skip
+    sweep = folder / "rank-sweep-seed2024.json"
+    if sweep.exists():
+        r = json.loads(sweep.read_text())
+        out += ["", "EASE served in low rank (trainer/collab.py, the default: `model.collab_rank`), the same "
+                f"towers, validation only ({r['note']}):", "",
+                "| rank | valid NDCG@10 | valid RecBole NDCG@10 | chosen |", "|---|---|---|---|"]  # fmt: skip
+        for rank, v in r["ranks"].items():
+            out.append(f"| {rank} | {v['valid_history_excluded_ndcg@10']:.4f} | {v['valid_recbole_ndcg@10']:.4f} | "
+                       + ", ".join(f"{k} {x}" for k, x in v["chosen"].items()) + " |")  # fmt: skip
     return out
 
 

@@ -246,6 +246,12 @@ class ModelSettings(BaseModel):
     max_epochs: int = 40
     patience: int = 5
     seed: int = 2024
+    # issue 17: a collaborative item-item term (EASE on the training sequences, trainer/collab.py) added
+    # after training, its lambda and weight chosen on validation with the kNN weight and the history
+    # penalty; served as this many extra dimensions (a truncated SVD of EASE's weights; on validation,
+    # seed 2024, mean of both conventions' NDCG@10: rank 256 0.1021 (a smaller grid), 512 0.1036, 1024 0.1046, full
+    # rank 0.1046). 0: off (the content towers alone). Item ids only: an unknown item scores as content.
+    collab_rank: int = 1024
 
 
 class TrainerSettings(BaseModel):

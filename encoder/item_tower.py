@@ -5,6 +5,11 @@ program: this process must not import trainer/ (encoder/ comes before trainer/ i
 program is a graph (JSON) plus raw tensors, so loading it runs no archived code. The one pickle in
 the archive (its sample inputs) is first checked to load as plain tensors (`weights_only`), so torch
 never falls back to a full unpickle. torch is imported on first use, not at import.
+
+A version with a chosen EASE term (trainer/collab.py) serves its items as [content vector, Q[row]]:
+the program stays the content model's (it knows no ids), and the item's factor row is looked up by
+its string id in the version's files (store/collab.py; zeros for an item the fit never saw), so a
+row written here equals the publisher's for the same item.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from store.collab import CollabIndex, read_collab
 from store.registry import CurrentFollower, ModelRegistry, Version
 
 log = logging.getLogger(__name__)
@@ -27,6 +33,7 @@ class ItemTower:
     def __init__(self, registry: ModelRegistry):
         self.current = CurrentFollower(registry)
         self.module = None
+        self.collab: CollabIndex | None = None  # the version's EASE item side, if it has one
 
     @property
     def version(self) -> Version | None:
@@ -41,20 +48,29 @@ class ItemTower:
         if not current.item_tower_path.exists():  # a version of an older release: nothing to run
             log.error("model version %s has no %s (written by an older release?): new items get no vectors "
                       "in its collection; publish a new version", current.name, current.item_tower_path.name)  # fmt: skip
-            self.module = None
+            self.module, self.collab = None, None
             self.current.accept(current)
             return False
         self.module = load_program(current.item_tower_path)
+        self.collab = read_collab(current.path)
         self.current.accept(current)
         log.info("item tower of model version %s loaded", current.name)
         return True
 
-    def __call__(self, content: np.ndarray) -> np.ndarray:
+    def __call__(self, content: np.ndarray, ids: list[str] | None = None) -> np.ndarray:
+        """(N, d_raw) content embeddings of the items `ids` -> their served vectors (N, d); the ids
+        are needed when the version has an EASE term (its rows are looked up by id)."""
         import torch
 
         with torch.inference_mode():
             out = self.module(torch.from_numpy(np.ascontiguousarray(content, dtype=np.float32)))  # (N, d_out)
-        return out.float().cpu().numpy()
+        out = out.float().cpu().numpy()
+        if self.collab is None:
+            return out
+        if ids is None or len(ids) != len(out):
+            raise ValueError(f"model version {self.current.version.name} has an EASE term: its item vectors need "
+                             f"the items' ids ({len(out)} rows, {None if ids is None else len(ids)} ids)")  # fmt: skip
+        return np.concatenate([out, self.collab.item_rows(ids)], axis=1)
 
 
 def load_program(path: Path):

@@ -309,7 +309,7 @@ class Pipeline:
     def _upsert_items(self, ids, content, hashes, times, truncated) -> None:
         if not ids:
             return
-        vecs = self.tower(content)
+        vecs = self.tower(content, ids)  # ids: a version's EASE rows are looked up by item id
         name = self.tower.version.collection
         self.store.ensure_collection(name, vecs.shape[1])
         self.store.upsert(name, ids, vecs, hashes, f"{self.tower.version.name}|{self.encoder.model_id}",

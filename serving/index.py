@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from store.collab import CollabIndex, read_collab
 from store.registry import CurrentFollower, ModelRegistry
 from store.vectors import QUERY_CAP, VectorStore
 from trainer.checkpoint import load_checkpoint
@@ -151,8 +152,9 @@ def changed_since(store: VectorStore, name: str, since: float) -> list[dict]:
 # ---- the served model --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelSnapshot:
-    """What one request is answered with: a version's model (its `encode_users` is the user tower) and
-    (memory mode) its item index."""
+    """What one request is answered with: a version's model (its `encode_users` is the user tower),
+    (memory mode) its item index and, for a model with an EASE term, the term's id index (the user
+    vector's part needs the history's rows: store/collab.py)."""
 
     version: str
     collection: str
@@ -160,6 +162,7 @@ class ModelSnapshot:
     index: ItemIndex | None
     loaded_at: float
     max_seq_len: int = 50  # the user tower's positions: a longer history is cut to its newest items
+    collab: CollabIndex | None = None
 
 
 class ModelFollower:
@@ -197,7 +200,10 @@ class ModelFollower:
         t0, started = time.perf_counter(), time.time()
         model, _ = load_checkpoint(current.path)
         index = self.make_index(load_index(self.store, current.collection)) if self.in_memory else None
-        snap = ModelSnapshot(current.name, current.collection, model, index, time.time(), model.cfg.max_seq_len)
+        collab = read_collab(current.path) if model.collab_active() else None
+        if model.collab_active() and collab is None:
+            raise ValueError(f"model version {current.name} has an EASE term but no {current.path.name}/collab_ids.json")
+        snap = ModelSnapshot(current.name, current.collection, model, index, time.time(), model.cfg.max_seq_len, collab)
         self.snapshot = snap
         self.current.accept(current)
         self.checked, self.error = True, None

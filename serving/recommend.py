@@ -67,6 +67,7 @@ class Job:
     k: int
     exclude: set[str]
     history: np.ndarray | None = None  # (T, d_raw)
+    history_ids: list[str] | None = None  # the history's item ids (T,): a version's EASE term reads them
     item_id: str | None = None  # rank by this item's vector instead (similar items)
     allow: list[str] | None = None
 
@@ -77,14 +78,32 @@ class Ranked:
     items: list[tuple[str, float]]
 
 
-def user_vectors(model: LEARN, histories: Sequence[np.ndarray]) -> torch.Tensor:
-    """(B, d_out) user vectors of histories of raw content embeddings (right-padded here)."""
+def user_vectors(model: LEARN, histories: Sequence[np.ndarray], rows: Sequence[np.ndarray] | None = None,
+                 pad: int = 0) -> torch.Tensor:  # fmt: skip
+    """(B, d) user vectors of histories of raw content embeddings (right-padded here); with `rows`
+    (per history, its items' rows in the version's EASE index, `pad` = the index's size for padding and
+    unknown items: store/collab.py), the EASE term's part too."""
     lengths = torch.tensor([len(h) for h in histories], dtype=torch.int64)  # (B,)
     x = torch.zeros(len(histories), int(lengths.max()), histories[0].shape[1])  # (B, T, d_raw)
     for b, h in enumerate(histories):
         x[b, : len(h)] = torch.from_numpy(h)
+    ids = None
+    if rows is not None:
+        ids = torch.full(x.shape[:2], pad, dtype=torch.int64)  # (B, T)
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = torch.from_numpy(np.asarray(r, np.int64))
     with torch.inference_mode():
-        return model.encode_users(x, lengths)
+        return model.encode_users(x, lengths, ids=ids)
+
+
+def job_users(snap: ModelSnapshot, jobs: Sequence[Job]) -> torch.Tensor:
+    """The user vectors of history jobs under the snapshot's version (its EASE rows by the ids)."""
+    if snap.collab is None:
+        return user_vectors(snap.model, [j.history for j in jobs])
+    if any(j.history_ids is None or len(j.history_ids) != len(j.history) for j in jobs):
+        raise ValueError(f"model version {snap.version} has an EASE term: a history needs its item ids")
+    rows = [snap.collab.rows(j.history_ids) for j in jobs]
+    return user_vectors(snap.model, [j.history for j in jobs], rows, len(snap.collab.ids))
 
 
 def rank_in_memory(snap: ModelSnapshot, jobs: list[Job]) -> list[Ranked | Exception]:
@@ -94,7 +113,7 @@ def rank_in_memory(snap: ModelSnapshot, jobs: list[Job]) -> list[Ranked | Except
     rows, queries = [], []
     users = [b for b, j in enumerate(jobs) if j.history is not None]
     if users:
-        u = user_vectors(snap.model, [jobs[b].history for b in users])
+        u = job_users(snap, [jobs[b] for b in users])
         rows += users
         queries += list(u)
     for b, j in enumerate(jobs):
@@ -238,7 +257,8 @@ class Recommender:
                 return await self._popular(user_id, history, k, flt, recent, unknown)
             raise NothingKnown(unknown)
         exclude = set(flt.exclude) | (set(history) if flt.exclude_history else set())
-        ranked = await self._rank(Job(k, exclude, history=np.stack([content[i] for i in known]), allow=flt.only))
+        ranked = await self._rank(Job(k, exclude, history=np.stack([content[i] for i in known]), history_ids=known,
+                                      allow=flt.only))  # fmt: skip
         return Recommendations(user_id=user_id, model_version=ranked.version, source="model",
                                items=self._titled(ranked.items), recent_items=recent, unknown_items=unknown)  # fmt: skip
 
@@ -269,7 +289,7 @@ class Recommender:
         if snap is None:
             raise NoModel()
         if job.history is not None:
-            query = user_vectors(snap.model, [job.history]).numpy()
+            query = job_users(snap, [job]).numpy()
         else:
             row = self.store.get(snap.collection, [job.item_id], with_vectors=True).get(job.item_id)
             if row is None:

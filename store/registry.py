@@ -7,6 +7,8 @@ Layout under the registry root:
         item_tower.pt2         torch.export program, raw content (N, d_raw) -> item vectors (N, d_out),
                                for the encoder worker (which must not import trainer/)
         optimizer.pt           the optimiser state (incremental versions only: the warm start)
+        collab_ids.json        a model with an EASE term only (store/collab.py): its rows' item ids
+        collab_items.npy       and item factors, for the encoder worker and serving
         config.json            the version record: model config, source, data window, metrics, created time
         PUBLISHED              written last, once the version's vector collection is complete
     CURRENT                    JSON {"version": name, "collection": vector collection}: what serving uses

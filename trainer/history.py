@@ -123,7 +123,7 @@ KNN_GRID = tuple(round(0.1 * i, 1) for i in range(9))  # kNN weight, cosine unit
 PENALTY_GRID = (0.0, -0.05, -0.1, -0.2, -0.3, -0.5, -1.0)  # on every history item, cosine units
 
 
-def _full_matrix(scorer: Callable, histories: list[list[int]], batch_size: int = 1024) -> torch.Tensor:
+def full_matrix(scorer: Callable, histories: list[list[int]], batch_size: int = 1024) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([scorer(histories[i : i + batch_size]) for i in range(0, len(histories), batch_size)])
 
@@ -142,9 +142,9 @@ def choose_knn_blend(model, make_scorer: Callable, examples, knn_grid=KNN_GRID, 
         h.knn_weight.fill_(0.0)
         if tune_penalty:
             h.age_bias.fill_(0.0)
-        base = _full_matrix(make_scorer(model), histories)
+        base = full_matrix(make_scorer(model), histories)
         h.knn_weight.fill_(1.0 / tau)
-        knn = _full_matrix(make_scorer(model), histories) - base  # the kNN cosine itself
+        knn = full_matrix(make_scorer(model), histories) - base  # the kNN cosine itself
     seen = torch.zeros_like(base, dtype=torch.bool)
     rows_, cols_ = [r for r, x in enumerate(histories) for _ in x], [i for x in histories for i in x]
     seen[rows_, cols_] = True

@@ -40,7 +40,9 @@ Items already seen (issue 17; trainer/history.py; validation NDCG@10 history exc
 convention, seed 2024): the default above 0.0906 / 0.0631; history kept as negatives with a learned
 age bias 0.0887 / 0.0805, plus the kNN blend 0.0934 / 0.0787; the default plus, after training, a
 penalty on every history item and a content-kNN weight chosen on a validation grid (the mean of both
-conventions' NDCG@10; history_age_bias + history_knn_blend, the default now) 0.0924 / 0.0909.
+conventions' NDCG@10; history_age_bias + history_knn_blend) 0.0924 / 0.0909; then, the default
+now, an EASE item-item term fitted on the training sequences, rank 1024 (trainer/collab.py, chosen on
+the same grid criterion with the kNN weight and the penalty; `choose_blends`) 0.1059 / 0.1033.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from trainer.checkpoint import save_checkpoint
 from trainer.data import RecData, load_source
 from trainer.distributed import SINGLE, DistContext
 from trainer.evaluation import PROTOCOLS, evaluate_both_protocols, metrics_from_ranks, split_ranks
+from trainer.collab import choose_collab_blend
 from trainer.history import choose_knn_blend
 from trainer.towers import LEARN, Features, TowerConfig, item_tower_class, pad_sequences
 
@@ -220,6 +223,7 @@ class TrainOutcome:
     valid_metrics_recbole: dict | None = None  # the same scores under RecBole's convention
     test_metrics_recbole: dict | None = None
     knn_blend: dict | None = None  # the validation-chosen kNN weight (trainer/history.choose_knn_blend)
+    collab_blend: dict | None = None  # the validation-chosen EASE term (trainer/collab.choose_collab_blend)
 
 
 def train_model(
@@ -267,12 +271,28 @@ def train_model(
     model.load_state_dict(best_state)
     if not ctx.is_main:
         return None
-    blend = choose_knn_blend(model, lambda m: model_scorer(m, ms.max_seq_len), valid_examples) if ms.history_knn_blend else None
+    blend, collab = choose_blends(model, data.train, valid_examples, ms)
     scorer = model_scorer(model, ms.max_seq_len)
     valid = evaluate_both_protocols(scorer, valid_examples)
     test = evaluate_both_protocols(scorer, test_examples)
     return TrainOutcome(model, best_epoch, curve, valid["history_excluded"], test["history_excluded"],
-                        time.perf_counter() - t0, valid["recbole"], test["recbole"], blend)  # fmt: skip
+                        time.perf_counter() - t0, valid["recbole"], test["recbole"], blend, collab)  # fmt: skip
+
+
+def choose_blends(model: LEARN, train: list[list[int]], valid_examples: list, ms: ModelSettings) -> tuple[dict | None, dict | None]:
+    """After training, on validation: the kNN weight and history penalty (trainer/history.py), then
+    the EASE term fitted on the training sequences `train` with them (trainer/collab.py). -> the two
+    choices (None where the settings switch them off)."""
+    make = lambda m: model_scorer(m, ms.max_seq_len)  # noqa: E731
+    blend = choose_knn_blend(model, make, valid_examples) if ms.history_knn_blend else None
+    collab = choose_collab_blend(model, make, train, valid_examples, start=blend) if model.collab is not None else None
+    return blend, collab
+
+
+def collab_extra(model: LEARN, data: RecData) -> dict:
+    """What the checkpoint records for a chosen EASE term: the external ids its rows index (serving
+    maps the live catalogue's items to them)."""
+    return {"collab_item_ids": list(data.item_ids)} if model.collab_active() else {}
 
 
 def plot_curve(curve: list[dict], path: Path, title: str) -> None:
@@ -391,13 +411,15 @@ def _run_loaded(s: Settings, src: DatasetSource, data: RecData, run_dir: Path, m
             model=f"learn-{ms.item_tower}", metrics=out.test_metrics, valid_metrics=out.valid_metrics,
             metrics_recbole_protocol=out.test_metrics_recbole, valid_metrics_recbole_protocol=out.valid_metrics_recbole,
             best_epoch=out.best_epoch, curve=out.curve, train_seconds=out.seconds, knn_blend=out.knn_blend,
+            collab_blend=out.collab_blend,
             parameters=out.model.num_parameters(), stopped_at_epoch_cap=at_cap,
             distributed={"world_size": ctx.world_size, "backend": distributed.BACKEND if ctx.active else None,
                          "threads_per_rank": torch.get_num_threads()},
         )  # fmt: skip
         plot_curve(out.curve, run_dir / "curve.png", f"LEARN-({ms.item_tower}) {enc.model}, {dataset}")
         save_checkpoint(out.model, run_dir / "checkpoint", metrics=out.test_metrics,
-                        extra={"encoder": encoder_id, "dataset": dataset, "whiten": ms.whiten})  # fmt: skip
+                        extra={"encoder": encoder_id, "dataset": dataset, "whiten": ms.whiten,
+                               **collab_extra(out.model, data)})  # fmt: skip
     else:
         b = baselines[model]
         result.update(model=model, metrics=b["test"], valid_metrics=b["valid"],

@@ -9,8 +9,11 @@ content embeddings, and a version is written in four steps (store/registry.py ha
    (the version record: model config, where it came from, its window and metrics); commit = one rename;
 2. fill: every item's item-tower vector, computed by `LEARN.encode_items` from the raw vectors (the
    call serving and the encoder worker make), into the version's collection; a model with a non-zero
-   content-kNN weight (trainer/history.py) serves d_out + d_llm wide vectors (`LEARN.served_dim`), so
-   the served inner product is the model's score;
+   content-kNN weight (trainer/history.py) serves d_out + d_llm wide vectors (`LEARN.served_dim`), and
+   one with a chosen EASE term (trainer/collab.py) collab_rank more: each item's factor row Q[row],
+   looked up by its string id in the term's id index (zeros for an item the fit never saw: content
+   alone), so the served inner product is the model's score. The index and Q are files of the version
+   (store/collab.py) for the encoder worker and serving;
 3. mark it PUBLISHED;
 4. promote (optional): CURRENT names it, atomically; old versions and their collections are pruned.
 A crash anywhere leaves CURRENT on the previous complete version; `recover()` removes what it left.
@@ -41,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from store.collab import CollabIndex, write_collab
 from store.registry import ITEM_TOWER, ModelRegistry, Version, items_collection
 from store.s3_registry import S3Registry
 from store.vectors import CONTENT, ITEMS_PREFIX, VectorStore
@@ -79,13 +83,36 @@ def export_item_tower(model: LEARN, path: Path) -> Path:
     return path
 
 
-def item_vectors(model: LEARN, raw: np.ndarray) -> np.ndarray:
-    """(N, d_raw) raw content embeddings -> (N, model.served_dim()) float32 item vectors, in chunks."""
+def item_vectors(model: LEARN, raw: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """(N, d_raw) raw content embeddings -> (N, model.served_dim(ids=...)) float32 item vectors, in
+    chunks; `rows` (N,): the items' rows in the EASE term's index (store/collab.py), for a model with
+    a chosen term (None: the content model's vectors)."""
     out = []
     with torch.inference_mode():
         for k in range(0, len(raw), CHUNK):
-            out.append(model.encode_items(torch.from_numpy(np.ascontiguousarray(raw[k : k + CHUNK], np.float32))))
-    return torch.cat(out).numpy() if out else np.zeros((0, model.served_dim()), np.float32)
+            ids = None if rows is None else torch.from_numpy(np.asarray(rows[k : k + CHUNK], np.int64))
+            out.append(model.encode_items(torch.from_numpy(np.ascontiguousarray(raw[k : k + CHUNK], np.float32)), ids=ids))
+    return torch.cat(out).numpy() if out else np.zeros((0, model.served_dim(ids=rows is not None)), np.float32)
+
+
+def collab_index(model: LEARN, ids: Sequence[str], raw: np.ndarray, collab_ids: Sequence[str] | None) -> CollabIndex | None:
+    """The id index and item factors of `model`'s EASE term (None without a chosen term). `collab_ids`:
+    the string ids of the fitted rows (an offline run's checkpoint records them, `collab_item_ids`);
+    None: the catalogue (`ids`, `raw`) must start with the fitted items, in order (a model fitted over
+    the catalogue it is published with, as the incremental trainer's), which their content checks."""
+    if not model.collab_active():
+        return None
+    n = len(model.collab.item_factor)
+    if collab_ids is None:
+        with torch.no_grad():
+            feats = model.features(torch.from_numpy(np.ascontiguousarray(raw, np.float32)))
+        if not model.collab.fits(feats):
+            raise ValueError(f"the model's EASE term indexes {n} items that are not the first {n} of the catalogue "
+                             f"published: pass collab_ids (the checkpoint's collab_item_ids)")  # fmt: skip
+        collab_ids = ids[:n]
+    if len(collab_ids) != n:
+        raise ValueError(f"the model's EASE term has {n} item rows and {len(collab_ids)} collab ids were given")
+    return CollabIndex.build(collab_ids, model.collab.item_factor.detach().cpu().numpy())
 
 
 def read_content(vectors: VectorStore, ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -99,6 +126,18 @@ def read_content(vectors: VectorStore, ids: Sequence[str]) -> tuple[list[str], n
     return found, np.stack([rows[i].vector for i in found]).astype(np.float32)
 
 
+def collab_summary(collab: CollabIndex | None, ids: Sequence[str]) -> dict | None:
+    """The version record's account of its EASE term: its rows, its rank, how many catalogue items
+    have a row (the others are served as content alone); a warning when none has."""
+    if collab is None:
+        return None
+    known = int((collab.rows(ids) < len(collab.ids)).sum())
+    if known == 0:
+        log.warning("no item of the catalogue published is in the EASE term's id index (%d ids): the term "
+                    "adds nothing; are collab_ids the catalogue's ids?", len(collab.ids))  # fmt: skip
+    return {"items": len(collab.ids), "rank": collab.rank, "catalogue_items_with_a_row": known}
+
+
 @dataclass
 class Publisher:
     registry: ModelRegistry | S3Registry  # store/registry.py: open_registry(settings)
@@ -107,9 +146,11 @@ class Publisher:
     pause: Callable[[str], None] = lambda point: None  # fault injection at "after_commit", "mid_vectors"
 
     def publish(self, model: LEARN, ids: Sequence[str], raw: np.ndarray, record: dict | None = None,
-                promote: bool = True, optimizer: dict | None = None) -> Version:  # fmt: skip
+                promote: bool = True, optimizer: dict | None = None,
+                collab_ids: Sequence[str] | None = None) -> Version:  # fmt: skip
         """Write `model` as the next version over the catalogue (`ids`, raw vectors (N, d_raw));
-        `record` (source, window, metrics, ...) goes into its config.json."""
+        `record` (source, window, metrics, ...) goes into its config.json. `collab_ids`: the string
+        ids of the EASE term's rows, when they are not the catalogue's first ones (`collab_index`)."""
         raw = np.asarray(raw, np.float32)
         if raw.shape != (len(ids), model.cfg.d_raw):
             raise ValueError(f"the catalogue's raw vectors are {raw.shape}, the model reads {model.cfg.d_raw} wide "
@@ -117,7 +158,8 @@ class Publisher:
         training = model.training
         model.eval()
         try:
-            version = self._write(model, list(ids), raw, record or {}, optimizer)
+            collab = collab_index(model, list(ids), raw, collab_ids)
+            version = self._write(model, list(ids), raw, record or {}, optimizer, collab)
         finally:
             model.train(training)
         if promote:  # a concurrent publisher's newer version stays served (S3: conditional PUT)
@@ -127,19 +169,24 @@ class Publisher:
                 self.vectors.drop(items_collection(old))
         return version
 
-    def _write(self, model: LEARN, ids: list[str], raw: np.ndarray, record: dict, optimizer: dict | None) -> Version:
+    def _write(self, model: LEARN, ids: list[str], raw: np.ndarray, record: dict, optimizer: dict | None,
+               collab: CollabIndex | None) -> Version:  # fmt: skip
         name, stage = self.registry.new_version()
         save_checkpoint(model, stage, metrics=record.get("metrics"), extra={"source": record.get("source")})
-        export_item_tower(model, stage / ITEM_TOWER)
+        export_item_tower(model, stage / ITEM_TOWER)  # content only: the worker appends the EASE rows
+        if collab is not None:
+            write_collab(stage, collab)
         if optimizer is not None:
             torch.save(optimizer, stage / OPTIMIZER)
-        config = {"version": name, "model": model.cfg.to_dict(), "items": len(ids), "created_at": time.time(), **record}
+        config = {"version": name, "model": model.cfg.to_dict(), "items": len(ids), "created_at": time.time(),
+                  "collab": collab_summary(collab, ids), **record}  # fmt: skip
         (stage / "config.json").write_text(json.dumps(config, indent=2))
         version = self.registry.commit_version(name)
         self.pause("after_commit")
-        self.vectors.ensure_collection(version.collection, model.served_dim())
+        self.vectors.ensure_collection(version.collection, model.served_dim(ids=collab is not None))
         for k in range(0, len(ids), CHUNK):
-            self.vectors.upsert(version.collection, ids[k : k + CHUNK], item_vectors(model, raw[k : k + CHUNK]),
+            rows = None if collab is None else collab.rows(ids[k : k + CHUNK])
+            self.vectors.upsert(version.collection, ids[k : k + CHUNK], item_vectors(model, raw[k : k + CHUNK], rows),
                                 model_id=name)  # fmt: skip
             self.pause("mid_vectors")
         self.registry.mark_published(name)
@@ -186,4 +233,5 @@ def publish_run(run_dir: Path, registry: ModelRegistry | S3Registry, vectors: Ve
     ids, raw = read_content(vectors, vectors.ids(CONTENT))
     record = {"source": "offline", "run_dir": str(run_dir), "metrics": meta.get("metrics", {}),
               "trained_on": meta.get("extra", {})}  # fmt: skip
-    return Publisher(registry, vectors, keep_versions).publish(model, ids, raw, record, promote)
+    collab_ids = meta.get("extra", {}).get("collab_item_ids")  # the EASE term's rows (trainer/offline.py)
+    return Publisher(registry, vectors, keep_versions).publish(model, ids, raw, record, promote, collab_ids=collab_ids)

@@ -27,8 +27,10 @@ A batch is a dict: "item_seq" (B, T) right-padded ids, "item_seq_len" (B,), and 
 an anchor that predicts what follows it. Serving calls the raw-input pair instead:
   encode_items(raw (N, d_raw)) -> (N, d);  encode_users(raw (B, T, d_raw), lengths (B,)) -> (B, d),
 d = `served_dim()`: d_out, or d_out + d_llm when the model has a non-zero content-kNN weight
-(trainer/history.py, issue 17: items [v, f], users [u, tau * w * z]), so the served inner product is
-`full_sort_predict`'s score for every item outside the history, whichever item tower.
+(trainer/history.py, issue 17: items [v, f], users [u, tau * w * z]), plus collab_rank when it has a
+chosen EASE term and the calls are given item ids (trainer/collab.py: items [.., Q[id]], users
+[.., c * sum_h P[h]]; without ids the vectors are the content model's), so the served inner product is `full_sort_predict`'s score for every
+item outside the history, whichever item tower.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import torch.nn.functional as F
 
 from config.settings import ModelSettings
 from trainer import losses
+from trainer.collab import CollabScore
 from trainer.history import HistoryScore, last_positions, recency_weighted_mean
 
 
@@ -72,6 +75,7 @@ class TowerConfig:
     history_age_bias: bool = True  # defaults = config/settings.py ModelSettings (issue 17)
     history_knn: bool = False
     history_knn_blend: bool = True  # the kNN weight held at 0 in training, chosen on validation after
+    collab_rank: int = 1024  # the EASE term's served rank (trainer/collab.py; 0: none), chosen after training
 
     def __post_init__(self) -> None:
         self.d_raw = self.d_raw or self.d_llm
@@ -293,6 +297,8 @@ class LEARN(nn.Module):
             if cfg.history_age_bias or cfg.history_knn or cfg.history_knn_blend
             else None
         )
+        # the EASE term (trainer/collab.py): no factors and a zero weight until chosen after training
+        self.collab = CollabScore(cfg.collab_rank) if cfg.collab_rank > 0 else None
         self.apply(self._init)
         if raw is not None:
             self.set_catalogue(raw)
@@ -312,6 +318,8 @@ class LEARN(nn.Module):
             feats = self.features(torch.as_tensor(raw, dtype=torch.float32))  # (N, d_llm)
         self.content = torch.cat([feats, torch.zeros(1, feats.shape[1])])
         self.cfg.n_items = feats.shape[0]
+        if self.collab is not None and self.collab.active and not self.collab.fits(feats):
+            self.collab.weight.zero_()  # its ids index another catalogue: content alone from here
 
     @property
     def pad_id(self) -> int:
@@ -327,34 +335,49 @@ class LEARN(nn.Module):
             return None
         return float(self.cfg.temperature * h.knn_weight)
 
-    def served_dim(self) -> int:
-        """Width of `encode_items` / `encode_users` vectors: d_out, plus d_llm with a kNN term."""
-        return self.cfg.d_out + (self.cfg.d_llm if self.knn_scale() is not None else 0)
+    def collab_active(self) -> bool:
+        """Whether the EASE term has a non-zero weight (chosen after training). Eager only."""
+        return self.collab is not None and self.collab.active
 
-    def encode_items(self, raw: torch.Tensor, knn: bool | None = None) -> torch.Tensor:
+    def served_dim(self, ids: bool = False) -> int:
+        """Width of `encode_items` / `encode_users` vectors: d_out, plus d_llm with a kNN term, plus
+        collab_rank with an EASE term when they are given the item ids (`ids`)."""
+        knn = self.cfg.d_llm if self.knn_scale() is not None else 0
+        return self.cfg.d_out + knn + (self.cfg.collab_rank if ids and self.collab_active() else 0)
+
+    def encode_items(self, raw: torch.Tensor, knn: bool | None = None, ids: torch.Tensor | None = None) -> torch.Tensor:
         """(N, d_raw) raw content embeddings -> (N, served_dim) item vectors: the item tower's (L2-
-        normalised), then, with a kNN term, the item's features: [v, f]. `knn` None: decided from the
+        normalised), then, with a kNN term, the item's features: [v, f], then, given the items' ids
+        (N,) and a chosen EASE term, the item's factor Q[id] (trainer/collab.py; a zero row for an id
+        unknown to the fit: such an item scores as content alone). `knn` None: decided from the
         weight (pass it explicitly where the call is traced, as torch.export does)."""
         x = self.features(raw)  # (N, d_llm), L2-normalised
-        v = self.item_tower(self.pcm, x)
-        knn = self.knn_scale() is not None if knn is None else knn
-        return torch.cat([v, x], -1) if knn else v
+        out = [self.item_tower(self.pcm, x)]
+        if self.knn_scale() is not None if knn is None else knn:
+            out.append(x)
+        if ids is not None and self.collab_active():
+            out.append(self.collab.items(ids))
+        return torch.cat(out, -1) if len(out) > 1 else out[0]
 
-    def encode_users(self, raw_seq: torch.Tensor, lengths: torch.Tensor, knn: bool | None = None) -> torch.Tensor:
+    def encode_users(self, raw_seq: torch.Tensor, lengths: torch.Tensor, knn: bool | None = None,
+                     ids: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """(B, T, d_raw) right-padded raw histories (any values in the padding), (B,) lengths >= 1
         -> (B, served_dim) user vectors: the user tower's (L2-normalised), then, with a kNN term,
         temperature x weight x the recency-weighted history features: [u, tau * w * z], so that
         [u, tau w z] . [v, f] = u . v + tau w cos(z, f), the score `full_sort_predict` gives every
-        item outside the history (serving never returns history items, where the age bias acts)."""
+        item outside the history (serving never returns history items, where the age bias acts); with
+        an EASE term and the history's ids (B, T), then weight x the sum of P over them."""
         B, T, _ = raw_seq.shape
         real = torch.arange(T, device=raw_seq.device).view(1, T) < lengths.view(B, 1)  # (B, T)
         x = self.features(raw_seq) * real.unsqueeze(-1)  # padding = zero features, as in training
         u = self.user_tower(self.pcm, x, lengths)
-        knn = self.knn_scale() is not None if knn is None else knn
-        if not knn:
-            return u
-        z = recency_weighted_mean(x, lengths, self.history.decay)  # the zero-training user vector
-        return torch.cat([u, self.cfg.temperature * self.history.knn_weight * z], -1)
+        out = [u]
+        if self.knn_scale() is not None if knn is None else knn:
+            z = recency_weighted_mean(x, lengths, self.history.decay)  # the zero-training user vector
+            out.append(self.cfg.temperature * self.history.knn_weight * z)
+        if ids is not None and self.collab_active():  # `ids` (B, T): the history's item ids
+            out.append(self.collab.users(ids, lengths))
+        return torch.cat(out, -1) if len(out) > 1 else out[0]
 
     # -- towers over catalogue ids (training, evaluation) -------------------------------------
     def sequence_states(self, item_seq: torch.Tensor) -> torch.Tensor:
@@ -432,6 +455,9 @@ class LEARN(nn.Module):
         if self.history is not None:
             extra = self.history(batch["item_seq"], last_positions(batch["item_seq_len"]), self.content)  # (B, N)
             scores = scores + self.cfg.temperature * extra.gather(1, batch["test_item"].view(-1, 1)).squeeze(1)
+        if self.collab_active():
+            user = self.collab.users(batch["item_seq"], batch["item_seq_len"])  # (B, r)
+            scores = scores + (user * self.collab.items(batch["test_item"])).sum(-1)
         return scores
 
     def full_sort_predict(self, batch: dict, items: torch.Tensor | None = None) -> torch.Tensor:
@@ -442,6 +468,8 @@ class LEARN(nn.Module):
         if self.history is not None:  # the learned history terms, in cosine units (logits x temperature)
             anchors = last_positions(batch["item_seq_len"])
             scores = scores + self.cfg.temperature * self.history(batch["item_seq"], anchors, self.content)
+        if self.collab_active():  # the EASE term, already in cosine units
+            scores = scores + self.collab(batch["item_seq"], batch["item_seq_len"], self.cfg.n_items)
         return scores
 
     def num_parameters(self) -> int:

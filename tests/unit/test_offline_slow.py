@@ -18,7 +18,9 @@ def test_learn_beats_popularity_on_a_subsample(tmp_path):
     from trainer.offline import run_train
 
     torch.set_num_threads(2)
-    ms = s.model.model_copy(update={"item_tower": "a", "max_epochs": 8, "patience": 3, "batch_size": 128})
+    # the EASE term at rank 64, not the default 1024: its randomised SVD of the 4,385-item matrix is most
+    # of this test's time otherwise (134 s against 7 s without it, on 2 loaded cores)
+    ms = s.model.model_copy(update={"item_tower": "a", "max_epochs": 8, "patience": 3, "batch_size": 128, "collab_rank": 64})
     enc = s.encoder.model_copy(update={"model": "minilm"})
     # the repo's embedding cache is shared across runs (the catalogue is encoded once, ~1 min)
     s = s.model_copy(update={"model": ms, "encoder": enc})
