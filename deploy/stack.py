@@ -129,8 +129,11 @@ class Stack:
             stop_process(proc)
 
     def stop_all(self) -> None:
+        """Stop every process: the workers all at once (SIGTERM to each, then a wait for each: their
+        shutdowns, leaving their consumer groups, overlap), then the broker, its S3 server last."""
         last = [n for n in ("broker", "s3") if n in self.procs]
-        for name in [n for n in self.procs if n not in last] + last:
+        stop_together([self.procs.pop(n) for n in list(self.procs) if n not in last])
+        for name in last:
             self.stop(name)
 
     def __enter__(self) -> "Stack":
@@ -146,6 +149,21 @@ class Stack:
         finally:
             if self._old_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._old_sigterm)
+
+
+def stop_together(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> None:
+    """SIGTERM to every process still running, then wait for each; SIGKILL one still there after
+    `timeout_s` (deploy/broker.stop_process, for several processes whose shutdowns overlap)."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        proc.terminate()
+    deadline = time.monotonic() + timeout_s
+    for proc in running:
+        try:
+            proc.wait(max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _exit_on_sigterm(signum, frame) -> None:
