@@ -352,6 +352,9 @@ class ProcessSettings(BaseModel):
     # Off: the milvus-lite file, which N encoder workers share through its host (store/vectors.py).
     milvus_server: bool = False
     milvus_port: int = 19540
+    # supervisord's startsecs: a program alive this long counts as started (RUNNING; `learn up` starts
+    # the next one only then); one that dies sooner is retried with a growing delay, later at once.
+    start_secs: int = Field(3, ge=1)
 
 
 class DatasetSettings(BaseModel):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from config import Settings
 from deploy.broker import BrokerError, for_storage, port_open, start_broker, stop_process
@@ -39,6 +40,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue  # unset optional: the default applies (json "null" would be read as a path)
         env[f"LEARN_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
+
+
+def poll_until(check, timeout_s: float, every_s: float):
+    """`check()` every `every_s` seconds (tenacity) until it returns a truthy value, which is returned;
+    None once `timeout_s` passed. An exception `check` raises ends the wait at once (it propagates)."""
+    waiting = Retrying(retry=retry_if_result(lambda value: not value), wait=wait_fixed(every_s),
+                       stop=stop_after_delay(timeout_s), retry_error_callback=lambda state: None)  # fmt: skip
+    return waiting(check)
 
 
 def worker_command(module: str, web_host: str, web_port: int) -> list[str]:
@@ -85,18 +94,19 @@ class Stack:
         )
 
     def wait_http(self, name: str, url: str, timeout_s: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        """Wait until `url` answers 200 (tried every 0.2 s); fail at once if the process exits."""
+
+        def answers() -> bool:
             proc = self.procs[name]
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_path(name)}")
             try:
-                if httpx.get(url, timeout=1.0).status_code == 200:
-                    return
+                return httpx.get(url, timeout=1.0).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{name} did not answer {url} within {timeout_s}s; see {self.log_path(name)}")
+                return False
+
+        if not poll_until(answers, timeout_s, every_s=0.2):
+            raise RuntimeError(f"{name} did not answer {url} within {timeout_s}s; see {self.log_path(name)}")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send a signal to one process (tests use SIGKILL to prove crash safety)."""
@@ -119,8 +129,11 @@ class Stack:
             stop_process(proc)
 
     def stop_all(self) -> None:
+        """Stop every process: the workers all at once (SIGTERM to each, then a wait for each: their
+        shutdowns, leaving their consumer groups, overlap), then the broker, its S3 server last."""
         last = [n for n in ("broker", "s3") if n in self.procs]
-        for name in [n for n in self.procs if n not in last] + last:
+        stop_together([self.procs.pop(n) for n in list(self.procs) if n not in last])
+        for name in last:
             self.stop(name)
 
     def __enter__(self) -> "Stack":
@@ -138,8 +151,23 @@ class Stack:
                 signal.signal(signal.SIGTERM, self._old_sigterm)
 
 
+def stop_together(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> None:
+    """SIGTERM to every process still running, then wait for each; SIGKILL one still there after
+    `timeout_s` (deploy/broker.stop_process, for several processes whose shutdowns overlap)."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        proc.terminate()
+    deadline = time.monotonic() + timeout_s
+    for proc in running:
+        try:
+            proc.wait(max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-__all__ = ["Stack", "WORKERS", "settings_env", "worker_command", "BrokerError", "port_open"]
+__all__ = ["Stack", "WORKERS", "poll_until", "settings_env", "worker_command", "BrokerError", "port_open"]

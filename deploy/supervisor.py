@@ -8,7 +8,7 @@ next "encoder-1", ...; each has its own log, web port and, for an API replica, H
 `serving.port + i`). Workers of a stage share one consumer group, so Kafka spreads the partitions
 over them and moves them when one dies or joins; `up` refuses more workers than partitions. supervisord
 (PyPI `supervisor`) restarts any of them that exits, whatever the signal: one that dies right after
-starting is retried with a growing delay (1 s, 2 s, ...), one that ran at least `START_SECS` is
+starting is retried with a growing delay (1 s, 2 s, ...), one that ran at least `processes.start_secs` is
 restarted at once. A harness may therefore SIGKILL any program's pid and wait for its new one.
 
 Everything lives in the run directory (`<data_dir>/run`): the generated `supervisord.conf`, the control
@@ -24,7 +24,6 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +32,10 @@ import httpx
 
 from config import Settings
 from deploy.broker import BrokerError, Program, broker_programs, for_storage, port_open, prepare_storage
-from deploy.stack import WORKERS, settings_env, worker_command
+from deploy.stack import WORKERS, poll_until, settings_env, worker_command
 from store.process import pid_alive
 from streams.topics import ensure_topics, partition_counts, topic_specs
 
-START_SECS = 3  # a program that lives this long counts as started (then a crash restarts it at once)
 START_RETRIES = 1000  # quick deaths in a row before supervisord gives up on a program (state FATAL)
 STOP_WAIT_S = 20  # SIGTERM, then SIGKILL of the program's whole process group after this long
 NOT_RUNNING = 70  # supervisor.xmlrpc.Faults.NOT_RUNNING
@@ -164,7 +162,7 @@ def stop_rank(name: str) -> int:
     return -STAGES.index(stage) if stage in STAGES else -len(STAGES)
 
 
-def supervisor_conf(programs: list[Program], run_dir: Path, cwd: Path) -> str:
+def supervisor_conf(programs: list[Program], run_dir: Path, cwd: Path, start_secs: int = 3) -> str:
     """supervisord's configuration: a unix control socket, logs in run_dir, one [program:x] each.
     Programs are started by `learn up` in order (autostart off) and restarted by supervisord."""
     sock = socket_path(run_dir)
@@ -184,7 +182,7 @@ def supervisor_conf(programs: list[Program], run_dir: Path, cwd: Path) -> str:
             f"command={_quote(shlex.join(p.command))}",
             f"priority={10 * (i + 1)}",  # stopped in reverse: workers first, the broker, the S3 server last
             "autostart=false", "autorestart=true",
-            f"startsecs={START_SECS}", f"startretries={START_RETRIES}",
+            f"startsecs={start_secs}", f"startretries={START_RETRIES}",
             f"stopsignal={STOP_SIGNALS.get(p.name, 'TERM')}", f"stopwaitsecs={STOP_WAIT_S}", "stopasgroup=true", "killasgroup=true",
             "redirect_stderr=true", f"stdout_logfile={_quote(str(run_dir / (p.name + '.log')))}",
             "stdout_logfile_maxbytes=20MB", "stdout_logfile_backups=2",
@@ -243,35 +241,33 @@ def start_supervisord(settings: Settings, run_dir: Path, programs: list[Program]
     """Write the configuration and start supervisord (it daemonises); return its pid."""
     run_dir.mkdir(parents=True, exist_ok=True)
     conf = run_dir / "supervisord.conf"
-    conf.write_text(supervisor_conf(programs, run_dir, Path.cwd()))
+    conf.write_text(supervisor_conf(programs, run_dir, Path.cwd(), settings.processes.start_secs))
     socket_path(run_dir).unlink(missing_ok=True)  # left by a supervisord that was killed
     out = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
                          env=supervisord_env(settings), capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
     if out.returncode != 0:
         raise SupervisorError(f"supervisord did not start: {out.stderr.strip() or out.stdout.strip()}")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        pid = supervisord_pid(run_dir)
-        if pid:
-            return pid
-        time.sleep(0.1)
-    raise SupervisorError(f"supervisord did not answer on {socket_path(run_dir)}; see {run_dir / 'supervisord.log'}")
+    pid = poll_until(lambda: supervisord_pid(run_dir), timeout_s, every_s=0.1)
+    if not pid:
+        raise SupervisorError(f"supervisord did not answer on {socket_path(run_dir)}; see {run_dir / 'supervisord.log'}")
+    return pid
 
 
 def wait_ready(program: Program, run_dir: Path, timeout_s: float) -> None:
-    """Wait until supervisord counts the program started (RUNNING: alive for START_SECS), its port
-    accepts connections and its ready URL answers 200."""
+    """Wait until supervisord counts the program started (RUNNING: alive for `processes.start_secs`),
+    its port accepts connections and its ready URL answers 200 (looked at every 0.2 s)."""
     sup = rpc(run_dir)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         info = sup.getProcessInfo(program.name)
         if info["statename"] == "FATAL":
             raise SupervisorError(f"{program.name} keeps exiting; see {run_dir / (program.name + '.log')}")
-        if info["statename"] == "RUNNING" and (program.port is None or port_open(program.host, program.port)):
-            if _answers(program):
-                return
-        time.sleep(0.2)
-    raise SupervisorError(f"{program.name} was not ready within {timeout_s:.0f}s; see {run_dir / (program.name + '.log')}")
+        if info["statename"] != "RUNNING" or (program.port is not None and not port_open(program.host, program.port)):
+            return False
+        return _answers(program)
+
+    if not poll_until(ready, timeout_s, every_s=0.2):
+        raise SupervisorError(f"{program.name} was not ready within {timeout_s:.0f}s; see {run_dir / (program.name + '.log')}")
 
 
 def _answers(program: Program) -> bool:
@@ -391,10 +387,7 @@ def down(run_dir: Path, timeout_s: float = 120.0) -> list[tuple[str, int]]:
                 if e.faultCode != NOT_RUNNING:  # it exited meanwhile
                     raise
     sup.shutdown()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.1)
-    if _alive(pid):
+    if not poll_until(lambda: not _alive(pid), timeout_s, every_s=0.1):
         raise SupervisorError(f"supervisord (pid {pid}) did not exit within {timeout_s:.0f}s")
     return stopped
 

@@ -10,7 +10,7 @@ import argparse
 import pytest
 
 from bench.multi_machine import run
-from tests.conftest import needs_shared_data
+from tests.conftest import group_timing_env, needs_shared_data
 from tests.milvus_server import drop_all
 
 pytestmark = [pytest.mark.e2e, needs_shared_data()]
@@ -23,7 +23,9 @@ def small_run() -> argparse.Namespace:
                               settle_timeout_s=120.0, ready_timeout_s=180.0, seed=16, keep=False)  # fmt: skip
 
 
-def test_machine_a_dies_and_nothing_is_lost_or_applied_twice(milvus_server):
+def test_machine_a_dies_and_nothing_is_lost_or_applied_twice(milvus_server, monkeypatch):
+    for name, value in group_timing_env().items():  # the suite's shorter group timings (tests/conftest.py)
+        monkeypatch.setenv(name, value)
     drop_all(milvus_server.uri)
     r = run(small_run(), milvus_uri=milvus_server.uri)
     assert r["missing_features"] == []

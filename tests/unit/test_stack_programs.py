@@ -55,6 +55,10 @@ def test_supervisor_conf_has_every_program_restarted_and_stopped_as_a_group(tmp_
     for name in programs:
         sec = conf[f"program:{name}"]
         assert sec["autorestart"] == "true" and sec["stopasgroup"] == "true" and sec["killasgroup"] == "true"
+        assert sec["startsecs"] == str(s.processes.start_secs) == "3"
+    quick = configparser.RawConfigParser()
+    quick.read_string(supervisor_conf(stack_programs(s), tmp_path / "run", Path("/repo"), start_secs=1))
+    assert {quick[f"program:{n}"]["startsecs"] for n in programs} == {"1"}
     assert [int(conf[f"program:{n}"]["priority"]) for n in programs] == sorted(
         int(conf[f"program:{n}"]["priority"]) for n in programs)
     assert conf["unix_http_server"]["file"] == str(tmp_path / "run 100%%" / "supervisor.sock")  # % escaped
