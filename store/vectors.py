@@ -95,7 +95,8 @@ def _is_connection_error(e: Exception) -> bool:
 
 def _is_not_loaded(e: Exception) -> bool:
     """A Milvus server's answer for a search or query on a released collection (code 101)."""
-    return getattr(e, "code", None) == 101 or "not loaded" in str(e).lower()
+    msg = str(e).lower()  # a server: "collection not loaded"; milvus-lite: "... is in state 'released'"
+    return getattr(e, "code", None) == 101 or "not loaded" in msg or "state 'released'" in msg
 
 
 def _quiet_unimplemented(record: logging.LogRecord) -> bool:
@@ -273,6 +274,10 @@ class VectorStore:
         except Exception as e:
             if self.is_remote:
                 return self._repeat_on_server(e, method, args, kwargs)
+            if self.mode == "guest" and _is_not_loaded(e) and args:  # a host that had not loaded it yet
+                log.warning("collection %s released at the host: loading it", args[0])
+                self._client.load_collection(args[0])
+                return getattr(self._client, method)(*args, **kwargs)
             if self.mode != "guest" or not _is_connection_error(e):
                 raise
             log.warning("vector store host went away (%s): re-opening", type(e).__name__)

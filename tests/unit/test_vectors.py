@@ -133,6 +133,21 @@ def test_a_host_publishes_its_endpoint_only_once_its_collections_are_loaded(tmp_
         assert json.loads((path / "ENDPOINT").read_text())["pid"] == os.getpid()
 
 
+def test_a_guest_loads_a_collection_its_host_holds_released(tmp_path):
+    path = tmp_path / "vectors.db"
+    host = subprocess.Popen([sys.executable, "-c", HOST, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert host.stdout.readline().strip() == "host"
+        guest = VectorStore(path, wait_s=10).open()
+        guest._client.release_collection(CONTENT)
+        assert "from-host" in guest.get(CONTENT, ["from-host"])  # loaded, then repeated
+        guest.close()
+    finally:
+        host.kill()
+        host.wait()
+
+
 def test_second_process_is_a_guest_and_takes_over_after_a_kill(tmp_path):
     path = tmp_path / "vectors.db"
     host = subprocess.Popen([sys.executable, "-c", HOST, str(path)], stdin=subprocess.PIPE,
