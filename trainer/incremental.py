@@ -306,6 +306,8 @@ class IncrementalTrainer:
             self.learner = self._new_learner(model.features, model.cfg)
             self.learner.set_catalogue(self.catalogue_raw)
             self.learner.load(model.state_dict(), opt_state)
+            if self.next_start is not None:
+                self.histories = self.held_sequences(self.next_start)
             log.info("resuming after window %d (end %s) from version %s", self.windows_done - 1,
                      self.next_start, promoted.name)  # fmt: skip
         return current
@@ -433,6 +435,12 @@ class IncrementalTrainer:
         if collab is None or self.ts.collab_rank <= 0 or self.ts.collab_every <= 0:
             return False
         return self.windows_done % self.ts.collab_every == 0 or not self.learner.model.collab_active()
+
+    def held_sequences(self, end: float) -> dict[str, list[int]]:
+        """Every user's sequence cut at `end` (the EASE data a restarted trainer resumes with)."""
+        index, max_len = {item: i for i, item in enumerate(self.catalogue_ids)}, self.s.model.max_seq_len
+        out = {u: training_sequence(seq, end, index, max_len) for u, seq in self.reader.users()}
+        return {u: seq for u, seq in out.items() if seq}
 
     def collab_sequences(self, w: Window, fresh_train: list[list[int]]) -> list[list[int]]:
         """EASE's training data: the held sequences of every earlier user who did not change in the

@@ -72,6 +72,10 @@ def test_each_window_fits_the_ease_term_and_publishes_it(tmp_path):
         assert model.collab_active() and model.cfg.collab_rank == 16  # the trainer's rank, not offline's
         model.set_catalogue(torch.from_numpy(raw))
         assert model.collab_active()  # its ids index this catalogue
+        again = IncrementalTrainer(s, store)  # a restarted trainer resumes with the same EASE data
+        again.recover()
+        assert again.histories == trainer.histories and len(again.histories) == 120
+        again.reader.close()
 
     # fresh users of each group: the term ranks their next item far better than the towers alone
     rng, index = random.Random(5), {item: i for i, item in enumerate(trainer.catalogue_ids)}
