@@ -284,6 +284,9 @@ class TrainerSettings(BaseModel):
     collab_rank: int = 256
     collab_lambda: float = 60.0
     collab_every: int = 1
+    # the fit's dense float64 matrices (users x items, items x items) stay under this many cells (8
+    # bytes each: 2 GB), or the term is not fitted (a warning; Scientific: 8,442 x 4,385 = 37M)
+    collab_max_cells: int = 250_000_000
 
 
 class ServingSettings(BaseModel):

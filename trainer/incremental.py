@@ -371,7 +371,7 @@ class IncrementalTrainer:
         train_seqs, held, replay_users = self.training_set(w)
         held_current = self.learner.evaluate(held) if has_current else {}
         before = self.learner.snapshot()
-        refit = self.refit_collab()
+        refit = self.refit_collab(w)
         self.learner.clear_blend(collab=refit)
         budget = max(self.ts.max_train_s - (self.collab_s if refit else 0.0), 0.25 * self.ts.max_train_s)
         train = self.learner.train(train_seqs, self.ts.steps_per_window, self.ts.batch_size, budget)
@@ -428,11 +428,17 @@ class IncrementalTrainer:
         self.learner = self._new_learner(Features.fit(self.catalogue_raw, ms.whiten, ms.whiten_dim))
         return "first version: no model to test with"
 
-    def refit_collab(self) -> bool:
+    def refit_collab(self, w: Window) -> bool:
         """Whether this window fits the EASE term: every `collab_every` windows, and whenever the model
-        has no active term (none yet, weight 0 chosen, or set_catalogue switched it off)."""
+        has no active term (none yet, weight 0 chosen, or set_catalogue switched it off); never when
+        its dense matrices would pass `trainer.collab_max_cells` (logged; a fitted term is kept)."""
         collab = self.learner.model.collab
         if collab is None or self.ts.collab_rank <= 0 or self.ts.collab_every <= 0:
+            return False
+        n_users = len(self.histories.keys() | set(w.users))
+        if ease_cells(n_users, len(self.catalogue_ids)) > self.ts.collab_max_cells:
+            log.warning("EASE term not fitted: %d users x %d items pass trainer.collab_max_cells (%d)",
+                        n_users, len(self.catalogue_ids), self.ts.collab_max_cells)  # fmt: skip
             return False
         return self.windows_done % self.ts.collab_every == 0 or not self.learner.model.collab_active()
 
@@ -508,6 +514,12 @@ def wait_for_window(closed_window, poll_s: float, idle_exit_s: float | None) -> 
         retry_error_callback=lambda state: None, before_sleep=before_sleep_log(log, logging.DEBUG),
     )  # fmt: skip
     return waiting(closed_window)
+
+
+def ease_cells(n_users: int, n_items: int) -> int:
+    """The largest dense matrix an EASE fit builds (trainer/collab.fit_ease), in cells: the (users x
+    items) interactions, or the (items x items) weights."""
+    return max(n_users, n_items) * n_items
 
 
 def gate(current: dict | None, candidate: dict, margin: float) -> bool:

@@ -13,7 +13,7 @@ from config import load_settings
 from store.registry import ModelRegistry
 from store.state import Entry, PartitionState
 from store.vectors import CONTENT, VectorStore
-from trainer.incremental import IncrementalTrainer
+from trainer.incremental import IncrementalTrainer, Window
 from trainer.publish import load_version
 
 pytestmark = pytest.mark.integration
@@ -72,6 +72,10 @@ def test_each_window_fits_the_ease_term_and_publishes_it(tmp_path):
         assert model.collab_active() and model.cfg.collab_rank == 16  # the trainer's rank, not offline's
         model.set_catalogue(torch.from_numpy(raw))
         assert model.collab_active()  # its ids index this catalogue
+        idle = Window(T0 + 180, T0 + 240, {}, [], {}, [])
+        assert trainer.refit_collab(idle)
+        trainer.ts.collab_max_cells = 120 * N_ITEMS - 1  # 120 users x 60 items: too large now
+        assert not trainer.refit_collab(idle)
         again = IncrementalTrainer(s, store)  # a restarted trainer resumes with the same EASE data
         again.recover()
         assert again.histories == trainer.histories and len(again.histories) == 120

@@ -8,6 +8,7 @@ from store.state import Entry
 from trainer.incremental import (
     OnlineLearner,
     add_counts,
+    ease_cells,
     gate,
     split_holdout,
     training_sequence,
@@ -129,3 +130,8 @@ def test_online_learner_fits_the_ease_term_at_the_trainers_rank_and_clears_it_be
     assert learner.model.collab_active()
     learner.clear_blend(collab=True)
     assert not learner.model.collab_active()
+
+
+def test_ease_cells_is_the_largest_dense_matrix_of_a_fit():
+    assert ease_cells(8442, 4385) == 8442 * 4385  # more users than items: the interaction matrix
+    assert ease_cells(100, 4385) == 4385 * 4385  # fewer: the item-item weights
