@@ -10,7 +10,14 @@ For each closed window [start, end) (tumbling, `trainer.window_s` of event time,
    warm-started from the current version with its optimiser state; each changed user's last event of
    the window is held out. As offline (issue 17), the towers train without the content-kNN term and
    the history penalty, which are then chosen on the held-out events (trainer/history.choose_knn_blend)
-   and published with the weights, so the served model is the offline one;
+   and published with the weights, so the served model is the offline one. With an EASE term
+   (trainer/collab.py, `model.collab_rank` > 0 and `trainer.collab_rank` > 0), every
+   `trainer.collab_every` windows it is fitted on the sequences the trainer holds (every user seen so
+   far, cut at the window's end, without this window's held-out events), at `trainer.collab_rank` and
+   the one lambda `trainer.collab_lambda`, and its weight is chosen with the kNN blend on the same
+   held-out sample (trainer/collab.choose_collab_blend, offline's choice on validation); the fit's
+   time comes out of the next window's training budget. Its rows index the catalogue's first items
+   (new items are appended: an item added after the fit keeps the content-only score until the next);
 3. gate: the candidate and the current version are scored on the held-out events; a candidate worse by
    more than `trainer.promote_margin` NDCG@10 is published but not promoted (logged), and training
    continues from the promoted weights;
@@ -46,6 +53,7 @@ from store.registry import Version, open_registry
 from store.state import Entry, StateReader
 from streams.replica import state_reader
 from store.vectors import CONTENT, VectorStore
+from trainer.collab import choose_collab_blend
 from trainer.evaluation import evaluate_examples
 from trainer.history import choose_knn_blend
 from trainer.offline import length_bucketed_batches, model_scorer, train_step
@@ -135,9 +143,14 @@ class OnlineLearner:
         return {"steps": done, "loss": float(np.mean(losses)), "samples": samples}
 
     # -- issue 17's post-training step, as offline (trainer/offline.train_model) -------------------
-    def clear_blend(self) -> None:
+    def clear_blend(self, collab: bool = False) -> None:
         """Zero the terms `choose_blend` sets (the kNN weight; the history penalty where it is not
-        learned), so a window trains the towers as offline training does: without them."""
+        learned), so a window trains the towers as offline training does: without them; with `collab`
+        also the EASE term's weight (it is refitted after training: the kNN blend is then chosen
+        without it, as offline)."""
+        if collab and self.model.collab is not None:
+            with torch.no_grad():
+                self.model.collab.weight.fill_(0.0)
         h = self.model.history
         if h is None or not self.cfg.history_knn_blend:
             return
@@ -153,11 +166,35 @@ class OnlineLearner:
         choose on: the terms stay cleared)."""
         if not (self.cfg.history_knn_blend and self.model.history is not None and examples):
             return None
-        if 0 < at_most < len(examples):
-            examples = self.rng.sample(examples, at_most)
-        examples = sorted(examples, key=lambda e: len(e[0]))
+        examples = self.blend_sample(examples, at_most)
         chosen = choose_knn_blend(self.model, lambda m: model_scorer(m, self.cfg.max_seq_len), examples)
         return {"weight": chosen["weight"], "penalty": chosen["penalty"]}
+
+    def blend_sample(self, examples: list[tuple[list[int], int]], at_most: int = 0) -> list[tuple[list[int], int]]:
+        """A random `at_most` of `examples` (0 or fewer than that: all), shortest history first."""
+        if 0 < at_most < len(examples):
+            examples = self.rng.sample(examples, at_most)
+        return sorted(examples, key=lambda e: len(e[0]))
+
+    def choose_collab(self, fit_seqs: list[list[int]], examples: list[tuple[list[int], int]], lam: float,
+                      rank: int, knn: dict | None = None) -> dict | None:  # fmt: skip
+        """Fit the EASE term on `fit_seqs` (training sequences: no target of `examples` in them) at
+        `rank` (at most the model's served collab_rank; the rest stays zero) with lambda `lam`, and
+        set its weight, with the kNN weight and history penalty (`knn`: choose_blend's choice joins
+        the grid), to the best NDCG@10 on `examples` (trainer/collab.choose_collab_blend, weight 0 on
+        the grid). -> the choice; None when the model has no term or nothing to fit or choose on."""
+        if self.model.collab is None or rank <= 0 or not examples or not any(fit_seqs):
+            return None
+        served = self.cfg.collab_rank
+        self.cfg.collab_rank = min(rank, served)  # the fit's rank: CollabScore.set pads to the served one
+        try:
+            chosen = choose_collab_blend(self.model, lambda m: model_scorer(m, self.cfg.max_seq_len), fit_seqs,
+                                         examples, lambdas=(lam,), start=knn)  # fmt: skip
+        finally:
+            self.cfg.collab_rank = served
+        keys = ("lambda", "rank", "collab_weight", "knn_weight", "penalty", "valid_history_excluded_ndcg@10",
+                "valid_recbole_ndcg@10")  # fmt: skip
+        return {k: chosen[k] for k in keys}
 
     # -- state (weights + optimiser) -------------------------------------------------------------
     def load(self, weights: dict, opt_state: dict | None) -> None:
@@ -248,6 +285,8 @@ class IncrementalTrainer:
         self.applied_at_close = 0
         self.replay_pool: list[str] = []
         self.popularity: dict[str, int] = {}  # item -> events seen in processed windows (a baseline)
+        self.histories: dict[str, list[int]] = {}  # user -> sequence cut at the last window's end (EASE's data)
+        self.collab_s = 0.0  # the last EASE fit's seconds (taken from the next window's training budget)
         self.rng = random.Random(settings.model.seed)
 
     # -- recovery ---------------------------------------------------------------------------
@@ -267,6 +306,8 @@ class IncrementalTrainer:
             self.learner = self._new_learner(model.features, model.cfg)
             self.learner.set_catalogue(self.catalogue_raw)
             self.learner.load(model.state_dict(), opt_state)
+            if self.next_start is not None:
+                self.histories = self.held_sequences(self.next_start)
             log.info("resuming after window %d (end %s) from version %s", self.windows_done - 1,
                      self.next_start, promoted.name)  # fmt: skip
         return current
@@ -285,7 +326,9 @@ class IncrementalTrainer:
 
     def _new_learner(self, features: Features, cfg: TowerConfig | None = None) -> OnlineLearner:
         ms = self.s.model
-        cfg = cfg or TowerConfig.from_settings(ms, len(self.catalogue_ids), features.mean.shape[0], features.d_out)
+        if cfg is None:  # a fresh model serves the EASE term at the trainer's rank (0: none)
+            cfg = TowerConfig.from_settings(ms, len(self.catalogue_ids), features.mean.shape[0], features.d_out)
+            cfg.collab_rank = min(cfg.collab_rank, self.ts.collab_rank)
         return OnlineLearner(cfg, features, ms.lr, ms.weight_decay, ms.seed)
 
     def closed_window(self) -> tuple[float, float] | None:
@@ -328,9 +371,19 @@ class IncrementalTrainer:
         train_seqs, held, replay_users = self.training_set(w)
         held_current = self.learner.evaluate(held) if has_current else {}
         before = self.learner.snapshot()
-        self.learner.clear_blend()
-        train = self.learner.train(train_seqs, self.ts.steps_per_window, self.ts.batch_size, self.ts.max_train_s)
-        train["knn_blend"] = self.learner.choose_blend(held, self.ts.blend_examples)  # then gated on all of held
+        refit = self.refit_collab(w)
+        self.learner.clear_blend(collab=refit)
+        budget = max(self.ts.max_train_s - (self.collab_s if refit else 0.0), 0.25 * self.ts.max_train_s)
+        train = self.learner.train(train_seqs, self.ts.steps_per_window, self.ts.batch_size, budget)
+        sample = self.learner.blend_sample(held, self.ts.blend_examples)  # then gated on all of held
+        train["knn_blend"] = self.learner.choose_blend(sample)
+        if refit:
+            t2 = time.perf_counter()
+            fit_seqs = self.collab_sequences(w, train_seqs[: len(w.users)])
+            train["collab_blend"] = self.learner.choose_collab(fit_seqs, sample, self.ts.collab_lambda,
+                                                               self.ts.collab_rank, train["knn_blend"])  # fmt: skip
+            self.collab_s = train["collab_s"] = time.perf_counter() - t2
+            train["collab_users"] = len(fit_seqs)
         held_candidate = self.learner.evaluate(held)
         promote = gate(held_current if has_current else None, held_candidate, self.ts.promote_margin)
         train_s = time.perf_counter() - t0
@@ -351,6 +404,8 @@ class IncrementalTrainer:
 
         known = set(self.replay_pool)
         self.replay_pool.extend(u for u in w.users if u not in known)
+        for u in w.users:  # their whole sequence up to the window's end (the held-out event is no target next)
+            self.histories[u] = training_sequence(w.seqs[u], end, w.index, self.s.model.max_seq_len)
         self.next_start, self.applied_at_close = end, applied
         self.windows_done += 1
         result = WindowResult(
@@ -372,6 +427,32 @@ class IncrementalTrainer:
         ms = self.s.model
         self.learner = self._new_learner(Features.fit(self.catalogue_raw, ms.whiten, ms.whiten_dim))
         return "first version: no model to test with"
+
+    def refit_collab(self, w: Window) -> bool:
+        """Whether this window fits the EASE term: every `collab_every` windows, and whenever the model
+        has no active term (none yet, weight 0 chosen, or set_catalogue switched it off); never when
+        its dense matrices would pass `trainer.collab_max_cells` (logged; a fitted term is kept)."""
+        collab = self.learner.model.collab
+        if collab is None or self.ts.collab_rank <= 0 or self.ts.collab_every <= 0:
+            return False
+        n_users = len(self.histories.keys() | set(w.users))
+        if ease_cells(n_users, len(self.catalogue_ids)) > self.ts.collab_max_cells:
+            log.warning("EASE term not fitted: %d users x %d items pass trainer.collab_max_cells (%d)",
+                        n_users, len(self.catalogue_ids), self.ts.collab_max_cells)  # fmt: skip
+            return False
+        return self.windows_done % self.ts.collab_every == 0 or not self.learner.model.collab_active()
+
+    def held_sequences(self, end: float) -> dict[str, list[int]]:
+        """Every user's sequence cut at `end` (the EASE data a restarted trainer resumes with)."""
+        index, max_len = {item: i for i, item in enumerate(self.catalogue_ids)}, self.s.model.max_seq_len
+        out = {u: training_sequence(seq, end, index, max_len) for u, seq in self.reader.users()}
+        return {u: seq for u, seq in out.items() if seq}
+
+    def collab_sequences(self, w: Window, fresh_train: list[list[int]]) -> list[list[int]]:
+        """EASE's training data: the held sequences of every earlier user who did not change in the
+        window, plus the changed users' training sequences (`fresh_train`: held-out event removed)."""
+        changed = set(w.users)
+        return [s for u, s in self.histories.items() if u not in changed] + fresh_train
 
     def test(self, w: Window) -> tuple[dict, dict]:
         """Prequential: the current version, then a popularity ranking of the earlier windows, on the
@@ -399,6 +480,9 @@ class IncrementalTrainer:
 
     def publish(self, window: dict, metrics: dict, promote: bool) -> Version:
         record = {"source": "incremental", "window": window, "metrics": metrics}
+        collab = self.learner.model.collab
+        if self.learner.model.collab_active():  # as offline's checkpoint (trainer/offline.collab_extra)
+            record["collab_item_ids"] = self.catalogue_ids[: len(collab.item_factor)]
         return self.publisher.publish(self.learner.model, self.catalogue_ids, self.catalogue_raw, record, promote,
                                       optimizer=self.learner.opt.state_dict())  # fmt: skip
 
@@ -430,6 +514,12 @@ def wait_for_window(closed_window, poll_s: float, idle_exit_s: float | None) -> 
         retry_error_callback=lambda state: None, before_sleep=before_sleep_log(log, logging.DEBUG),
     )  # fmt: skip
     return waiting(closed_window)
+
+
+def ease_cells(n_users: int, n_items: int) -> int:
+    """The largest dense matrix an EASE fit builds (trainer/collab.fit_ease), in cells: the (users x
+    items) interactions, or the (items x items) weights."""
+    return max(n_users, n_items) * n_items
 
 
 def gate(current: dict | None, candidate: dict, margin: float) -> bool:

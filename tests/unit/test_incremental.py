@@ -8,6 +8,7 @@ from store.state import Entry
 from trainer.incremental import (
     OnlineLearner,
     add_counts,
+    ease_cells,
     gate,
     split_holdout,
     training_sequence,
@@ -107,3 +108,30 @@ def test_online_learner_trains_without_the_blend_then_chooses_it_as_offline_does
     assert learner.choose_blend([]) is None
     off = TowerConfig.from_settings(ms.model_copy(update={"history_knn_blend": False}), 30, 8)
     assert OnlineLearner(off, Features.fit(raw), 1e-2, 0.0, 0).choose_blend(held) is None
+
+
+def test_online_learner_fits_the_ease_term_at_the_trainers_rank_and_clears_it_before_a_refit():
+    """Issue 17 in the stream: `choose_collab` fits EASE on the training sequences at a rank below the
+    model's served one (zero-padded), chooses a non-zero weight where co-occurrence predicts the
+    target, and `clear_blend(collab=True)` switches it off before the next window's refit."""
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(30, 8)).astype(np.float32)  # random content: only co-occurrence predicts
+    cfg = TowerConfig.from_settings(ModelSettings(d_model=8, n_heads=2, d_out=8, n_layers=1, collab_rank=8), 30, 8)
+    learner = OnlineLearner(cfg, Features.fit(raw), lr=1e-2, weight_decay=0.0, seed=0)
+    learner.set_catalogue(raw)
+    groups = [[g + 6 * k for k in range(5)] for g in range(6)]  # 6 groups of 5 items
+    fit = [[int(i) for i in rng.permutation(groups[u % 6])[:4]] for u in range(60)]
+    held = [([groups[g][0], groups[g][1]], groups[g][2]) for g in range(6)]
+    assert learner.choose_collab(fit, [], 5.0, 4) is None and learner.choose_collab([], held, 5.0, 4) is None
+    chosen = learner.choose_collab(fit, held, 5.0, 4)
+    assert chosen["rank"] == 4 and chosen["lambda"] == 5.0 and chosen["collab_weight"] > 0
+    collab = learner.model.collab
+    assert cfg.collab_rank == 8 and collab.item_factor.shape == (30, 8) and not collab.item_factor[:, 4:].any()
+    assert learner.model.collab_active()
+    learner.clear_blend(collab=True)
+    assert not learner.model.collab_active()
+
+
+def test_ease_cells_is_the_largest_dense_matrix_of_a_fit():
+    assert ease_cells(8442, 4385) == 8442 * 4385  # more users than items: the interaction matrix
+    assert ease_cells(100, 4385) == 4385 * 4385  # fewer: the item-item weights
