@@ -265,32 +265,25 @@ class VectorStore:
         self.close()
 
     def _call(self, method: str, *args, **kwargs):
-        """Call the client; after a lost host (see module doc) re-open once and repeat the call. On a
-        server: after a lost connection (a restart) re-open, and on a released collection load it,
-        then repeat the call once (every call is idempotent)."""
+        """Call the client; as a guest or on a server, after a lost connection or on a released
+        collection, `_repeat` it once (every call is idempotent)."""
         self.open()
         try:
             return getattr(self._client, method)(*args, **kwargs)
         except Exception as e:
-            if self.is_remote:
-                return self._repeat_on_server(e, method, args, kwargs)
-            if self.mode == "guest" and _is_not_loaded(e) and args:  # a host that had not loaded it yet
-                log.warning("collection %s released at the host: loading it", args[0])
-                self._client.load_collection(args[0])
-                return getattr(self._client, method)(*args, **kwargs)
-            if self.mode != "guest" or not _is_connection_error(e):
+            if not (self.is_remote or self.mode == "guest"):
                 raise
-            log.warning("vector store host went away (%s): re-opening", type(e).__name__)
-            self.close()
-            self.open()
-            return getattr(self._client, method)(*args, **kwargs)
+            return self._repeat(e, method, args, kwargs)
 
-    def _repeat_on_server(self, e: Exception, method: str, args: tuple, kwargs: dict):
+    def _repeat(self, e: Exception, method: str, args: tuple, kwargs: dict):
+        """A server's or a host's failed call: a released collection is loaded (a restarted server, a
+        host that had not loaded it yet), a lost connection re-opened (a restart, a host gone); then
+        the call is repeated once. Any other error propagates."""
         if _is_not_loaded(e) and args:
-            log.warning("collection %s was released (a server restart?): loading it", args[0])
+            log.warning("collection %s was released (a restart?): loading it", args[0])
             self._client.load_collection(args[0])
         elif _is_connection_error(e):
-            log.warning("Milvus server %s unreachable (%s): re-connecting", self.uri, type(e).__name__)
+            log.warning("vector store %s unreachable (%s): re-opening", self.uri, type(e).__name__)
             self.close()
             self.open()
         else:

@@ -3,6 +3,7 @@ upserts, deletes, search with exclusions; the one-process-per-file design of mil
 guests over loopback gRPC, re-opening after the host is killed); a server restart (collections
 released until loaded)."""
 
+import contextlib
 import json
 import os
 import signal
@@ -133,27 +134,32 @@ def test_a_host_publishes_its_endpoint_only_once_its_collections_are_loaded(tmp_
         assert json.loads((path / "ENDPOINT").read_text())["pid"] == os.getpid()
 
 
-def test_a_guest_loads_a_collection_its_host_holds_released(tmp_path):
-    path = tmp_path / "vectors.db"
+@contextlib.contextmanager
+def host_process(path):
+    """A process that hosts the milvus-lite path (HOST above), killed at the end if still alive."""
     host = subprocess.Popen([sys.executable, "-c", HOST, str(path)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert host.stdout.readline().strip() == "host"
+        yield host
+    finally:
+        if host.poll() is None:
+            host.kill()
+        host.wait()
+
+
+def test_a_guest_loads_a_collection_its_host_holds_released(tmp_path):
+    path = tmp_path / "vectors.db"
+    with host_process(path):
         guest = VectorStore(path, wait_s=10).open()
         guest._client.release_collection(CONTENT)
         assert "from-host" in guest.get(CONTENT, ["from-host"])  # loaded, then repeated
         guest.close()
-    finally:
-        host.kill()
-        host.wait()
 
 
 def test_second_process_is_a_guest_and_takes_over_after_a_kill(tmp_path):
     path = tmp_path / "vectors.db"
-    host = subprocess.Popen([sys.executable, "-c", HOST, str(path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert host.stdout.readline().strip() == "host"
+    with host_process(path) as host:
         guest = VectorStore(path, wait_s=10).open()
         assert guest.mode == "guest"
         assert "from-host" in guest.get(CONTENT, ["from-host"])
@@ -170,9 +176,6 @@ def test_second_process_is_a_guest_and_takes_over_after_a_kill(tmp_path):
         assert guest.mode == "host" and guest.count(CONTENT) == 2
         guest.close()
         assert not (path / "ENDPOINT").exists()
-    finally:
-        if host.poll() is None:
-            host.kill()
 
 
 def search_ids(store: VectorStore, name: str, q: np.ndarray) -> list[str]:
