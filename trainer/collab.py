@@ -21,8 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from trainer.evaluation import PROTOCOLS, metrics_from_ranks, ranks_for_batch
-from trainer.history import full_matrix
+from trainer.history import score_parts, valid_ndcg10
 
 
 def interaction_matrix(histories: Sequence[Sequence[int]], n_items: int) -> torch.Tensor:
@@ -165,16 +164,7 @@ def choose_collab_blend(model, make_scorer: Callable, train_seqs: Sequence[Seque
     targets = torch.tensor([t for _, t in examples], dtype=torch.long)
     with torch.no_grad():
         model.collab.weight.fill_(0.0)
-        if has_knn:
-            h.knn_weight.fill_(0.0)
-        if has_penalty:
-            h.age_bias.fill_(0.0)
-        base = full_matrix(make_scorer(model), histories)
-        knn = torch.zeros_like(base)
-        if has_knn:
-            h.knn_weight.fill_(1.0 / tau)
-            knn = full_matrix(make_scorer(model), histories) - base
-    seen = interaction_matrix(histories, n).float()
+    base, knn, seen = score_parts(model, make_scorer, histories, knn=has_knn, penalty=has_penalty)
     pairs = {(w if has_knn else 0.0, p if has_penalty else 0.0) for w in knn_grid for p in penalty_grid}
     if start is not None:
         pairs.add((start["weight"] if has_knn else 0.0, (start["penalty"] or 0.0) if has_penalty else 0.0))
@@ -185,10 +175,8 @@ def choose_collab_blend(model, make_scorer: Callable, train_seqs: Sequence[Seque
         collab = user_sums(factors[0], histories) @ factors[1].T  # (U, N)
         for c in weights:
             for w, p in sorted(pairs):
-                scores = base + w * knn + p * seen + c * collab
-                row = {"lambda": lam, "collab_weight": c, "knn_weight": w, "penalty": p}
-                for name, excluded in PROTOCOLS.items():
-                    row[f"valid_{name}_ndcg@10"] = metrics_from_ranks(ranks_for_batch(scores, targets, histories, excluded))["ndcg@10"]
+                row = {"lambda": lam, "collab_weight": c, "knn_weight": w, "penalty": p,
+                       **valid_ndcg10(base + w * knn + p * seen + c * collab, targets, histories)}  # fmt: skip
                 grid.append(row)
                 if best is None or _criterion(row) > _criterion(best):
                     best, best_factors = row, factors

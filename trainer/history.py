@@ -128,6 +128,34 @@ def full_matrix(scorer: Callable, histories: list[list[int]], batch_size: int = 
         return torch.cat([scorer(histories[i : i + batch_size]) for i in range(0, len(histories), batch_size)])
 
 
+def score_parts(model, make_scorer: Callable, histories: list[list[int]], knn: bool, penalty: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The parts of a blend's validation scores, each computed once: the model's (B, N) scores with the
+    kNN weight (with `knn`) and the history penalty (with `penalty`) at zero, the kNN cosine itself
+    (zeros without `knn`), and the in-history mask. A grid point is then base + w * kNN + p * seen."""
+    h, tau = model.history, model.cfg.temperature
+    with torch.no_grad():
+        if knn:
+            h.knn_weight.fill_(0.0)
+        if penalty:
+            h.age_bias.fill_(0.0)
+        base = full_matrix(make_scorer(model), histories)
+        sim = torch.zeros_like(base)
+        if knn:
+            h.knn_weight.fill_(1.0 / tau)
+            sim = full_matrix(make_scorer(model), histories) - base  # the kNN cosine itself
+    seen = torch.zeros_like(base, dtype=torch.bool)
+    rows_, cols_ = [r for r, x in enumerate(histories) for _ in x], [i for x in histories for i in x]
+    seen[rows_, cols_] = True
+    return base, sim, seen
+
+
+def valid_ndcg10(scores: torch.Tensor, targets: torch.Tensor, histories: list[list[int]]) -> dict[str, float]:
+    """Validation NDCG@10 of (B, N) scores in both conventions (trainer/evaluation.PROTOCOLS)."""
+    return {f"valid_{name}_ndcg@10": metrics_from_ranks(ranks_for_batch(scores, targets, histories, excluded))["ndcg@10"]
+            for name, excluded in PROTOCOLS.items()}  # fmt: skip
+
+
 def choose_knn_blend(model, make_scorer: Callable, examples, knn_grid=KNN_GRID, penalty_grid=PENALTY_GRID) -> dict:
     """After training: set `model`'s kNN weight, and, where its age bias is not learned (history masked
     in the loss), one penalty on every history item, to the grid point with the best validation
@@ -138,25 +166,11 @@ def choose_knn_blend(model, make_scorer: Callable, examples, knn_grid=KNN_GRID, 
     tune_penalty = h.age_bias is not None and not h.age_bias.requires_grad
     histories = [list(x) for x, _ in examples]
     targets = torch.tensor([t for _, t in examples], dtype=torch.long)
-    with torch.no_grad():
-        h.knn_weight.fill_(0.0)
-        if tune_penalty:
-            h.age_bias.fill_(0.0)
-        base = full_matrix(make_scorer(model), histories)
-        h.knn_weight.fill_(1.0 / tau)
-        knn = full_matrix(make_scorer(model), histories) - base  # the kNN cosine itself
-    seen = torch.zeros_like(base, dtype=torch.bool)
-    rows_, cols_ = [r for r, x in enumerate(histories) for _ in x], [i for x in histories for i in x]
-    seen[rows_, cols_] = True
+    base, knn, seen = score_parts(model, make_scorer, histories, knn=True, penalty=tune_penalty)
     grid = []
     for p in penalty_grid if tune_penalty else (0.0,):
         for w in knn_grid:
-            scores = base + w * knn + p * seen
-            row = {"weight": w, "penalty": p}
-            for name, excluded in PROTOCOLS.items():
-                ranks = ranks_for_batch(scores, targets, histories, excluded)
-                row[f"valid_{name}_ndcg@10"] = metrics_from_ranks(ranks)["ndcg@10"]
-            grid.append(row)
+            grid.append({"weight": w, "penalty": p, **valid_ndcg10(base + w * knn + p * seen, targets, histories)})
     best = max(grid, key=lambda r: (r["valid_history_excluded_ndcg@10"] + r["valid_recbole_ndcg@10"]) / 2)
     with torch.no_grad():
         h.knn_weight.fill_(best["weight"] / tau)  # the history logits are added as temperature x logit
